@@ -1,0 +1,211 @@
+"""The `tl-course` command: run notebooks headless with run cards, fetch data, doctor.
+
+Every expected failure (bad profile, missing notebook, unknown dataset, no network,
+a failing cell) ends in one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from .data import (
+    FETCHERS,
+    DataUnavailableError,
+    UnknownDatasetError,
+    cached_datasets,
+    data_dir,
+)
+from .device import DeviceError, environment_summary, get_device, versions
+from .profile import PROFILE_ENV, ProfileError, get_profile
+from .runcard import RUNCARD_ENV
+from .runcard import read as read_runcard
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook raised an error in one of its cells."""
+
+
+class CLIError(RuntimeError):
+    """Bad command-line input, reported as one line."""
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line instead of usage + error
+        self.exit(2, f"tl-course: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _failing_cell(nb: Any) -> tuple[int, str]:
+    """Index (1-based, code cells only) and first source line of the cell with an error."""
+    code_cells = [c for c in nb.cells if c.cell_type == "code"]
+    for i, cell in enumerate(code_cells, start=1):
+        if any(o.get("output_type") == "error" for o in cell.get("outputs", [])):
+            first = next((ln for ln in cell.source.splitlines() if ln.strip()), "")
+            return i, first.strip()[:60]
+    return 0, ""
+
+
+def run_notebook(path: Path, profile_name: str, out_dir: Path, timeout: int = 1800) -> dict:
+    """Execute one notebook with `profile_name`; write the executed copy and its run card.
+
+    Returns the run card. Raises NotebookFailed (after writing both files) when a cell fails.
+    """
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    if not path.is_file():
+        raise CLIError(f"notebook not found: {path}")
+    if path.suffix != ".ipynb":
+        raise CLIError(f"expected a .ipynb notebook, got {path} (the paired .ipynb sits beside it)")
+    nb = nbformat.read(path, as_version=4)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics_file = out_dir / f".{path.stem}.metrics.json"
+    metrics_file.unlink(missing_ok=True)
+    # The kernel inherits this process's environment: that is how profile and run card reach it.
+    os.environ[PROFILE_ENV] = profile_name
+    os.environ[RUNCARD_ENV] = str(metrics_file.resolve())
+    client = NotebookClient(
+        nb, timeout=timeout, kernel_name="python3",
+        resources={"metadata": {"path": str(path.parent.resolve())}},
+    )
+    start = time.perf_counter()
+    error: str | None = None
+    try:
+        client.execute()
+    except CellExecutionError as exc:
+        index, first = _failing_cell(nb)
+        ename = getattr(exc, "ename", "Error")
+        evalue = _ANSI.sub("", str(getattr(exc, "evalue", exc))).strip().splitlines()
+        error = f"{path.name} failed in code cell {index} ({first}): {ename}: " + (
+            evalue[0] if evalue else ""
+        )
+    seconds = time.perf_counter() - start
+    recorded = read_runcard(metrics_file)
+    metrics_file.unlink(missing_ok=True)
+    card = {
+        "notebook": path.name,
+        "status": "failed" if error else "ok",
+        "profile": profile_name,
+        "device": str(get_device()),
+        "versions": versions(),
+        "seconds": round(seconds, 1),
+        "metrics": recorded["metrics"],
+        "skipped": recorded["skipped"],
+    }
+    if error:
+        card["error"] = error
+    _write_atomic(out_dir / path.name, nbformat.writes(nb))
+    _write_atomic(out_dir / f"{path.stem}.runcard.json", json.dumps(card, indent=2) + "\n")
+    if error:
+        raise NotebookFailed(error)
+    return card
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    profile = get_profile(args.profile)  # validates before any kernel starts
+    paths = [Path(p) for p in args.notebooks]
+    for p in paths:
+        if not p.is_file():
+            raise CLIError(f"notebook not found: {p}")
+    for p in paths:
+        print(f"running {p.name} (profile {profile.name}) ...", flush=True)
+        card = run_notebook(p, profile.name, Path(args.out), args.timeout)
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in card["metrics"].items()) or "no metrics"
+        print(f"  ok in {card['seconds']}s: {shown}")
+        for s in card["skipped"]:
+            print(f"  skipped: {s['section']} ({s['reason']})")
+    return 0
+
+
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    root = data_dir()
+    if args.list:
+        for name, cached in cached_datasets(root).items():
+            print(f"{name:12s} {'cached' if cached else 'missing'}")
+        print(f"cache: {root}")
+        return 0
+    names = list(FETCHERS) if args.all else args.names
+    if not names:
+        raise CLIError("name what to fetch, e.g. `tl-course fetch mnist`, or use --all / --list")
+    unknown = [n for n in names if n not in FETCHERS]
+    if unknown:
+        raise UnknownDatasetError(
+            f"unknown dataset {', '.join(map(repr, unknown))}; fetchable: {', '.join(FETCHERS)}"
+        )
+    for name in names:
+        where = FETCHERS[name](root)
+        print(f"{name}: ready in {where}")
+    return 0
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    device = get_device()
+    profile = get_profile()
+    print(environment_summary(device, profile.name))
+    root = data_dir()
+    print(f"data cache ({'TL_COURSE_DATA' if os.environ.get('TL_COURSE_DATA') else 'default'}): {root}")
+    for name, cached in cached_datasets(root).items():
+        hint = "" if cached else f"  -> tl-course fetch {name}"
+        print(f"  {name:12s} {'cached' if cached else 'missing'}{hint}")
+    probe = root if root.exists() else Path.home()
+    free_gb = shutil.disk_usage(probe).free / 2**30
+    print(f"free disk at {probe}: {free_gb:.1f} GB")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="tl-course", description="Run, fetch and check the tl-course notebooks.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = sub.add_parser("run", help="execute notebooks headless and write run cards")
+    run.add_argument("notebooks", nargs="+", help="paths of .ipynb notebooks")
+    run.add_argument("--profile", help="smoke, cpu or gpu (default: TL_COURSE_PROFILE or auto)")
+    run.add_argument("--out", default="runs", help="folder for executed copies and run cards")
+    run.add_argument("--timeout", type=int, default=1800, help="seconds allowed per cell")
+    run.set_defaults(func=_cmd_run)
+    fetch = sub.add_parser("fetch", help="download datasets into the cache (TL_COURSE_DATA)")
+    fetch.add_argument("names", nargs="*", help=f"what to fetch: {', '.join(FETCHERS)}")
+    fetch.add_argument("--all", action="store_true", help="fetch everything the course uses")
+    fetch.add_argument("--list", action="store_true", help="show what is cached")
+    fetch.set_defaults(func=_cmd_fetch)
+    doctor = sub.add_parser("doctor", help="environment summary and what is cached")
+    doctor.set_defaults(func=_cmd_doctor)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `tl-course` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (CLIError, ProfileError, DeviceError, UnknownDatasetError, DataUnavailableError,
+            NotebookFailed) as exc:
+        print(f"tl-course: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("tl-course: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Auto-checks for the notebooks' exercises.
+
+Each `check_*` prints feedback and returns True / False; it never raises, so a
+notebook with an unfinished exercise still runs top to bottom. An answer left as
+`...` (or None) counts as "not attempted yet".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+from .models import MLP, count_parameters
+
+NOT_ATTEMPTED = (
+    "Not attempted yet: replace the `...` with your answer and run the cell again "
+    "(a worked solution is in the collapsed cell below)."
+)
+
+
+def feedback(ok: bool, success: str, hint: str) -> bool:
+    """Print a one-line verdict: the success message or the hint. Returns `ok`."""
+    print(f"[correct] {success}" if ok else f"[not yet] {hint}")
+    return ok
+
+
+def attempted(answer: Any) -> bool:
+    """False (with a note) when the answer is still the placeholder `...` or None."""
+    if answer is ... or answer is None:
+        print(f"[todo] {NOT_ATTEMPTED}")
+        return False
+    return True
+
+
+def _safely(check: Callable[[], bool], what: str) -> bool:
+    """Run a check; turn an exception in the learner's code into feedback."""
+    try:
+        return check()
+    except Exception as exc:  # the learner's code may fail in any way: report, don't raise
+        return feedback(False, "", f"calling your {what} raised {type(exc).__name__}: {exc}")
+
+
+# ----------------------------------------------------------------- 01 neural network basics
+
+
+def check_derivative(grad_at: Any) -> bool:
+    """Exercise 01.1: `grad_at(f, x)` returns df/dx at the float x, computed with autograd."""
+    if not attempted(grad_at):
+        return False
+    cases = [
+        (lambda x: x**3 + 2 * x, 2.0, 14.0),
+        (lambda x: torch.sin(x), 0.0, 1.0),
+        (lambda x: torch.exp(2 * x), 0.5, 2 * torch.e),
+    ]
+
+    def run() -> bool:
+        for f, x, expected in cases:
+            got = float(grad_at(f, x))
+            if abs(got - expected) > 1e-4:
+                return feedback(False, "", f"for x = {x} expected {expected:.4f}, got {got:.4f}; "
+                                "make x a tensor with requires_grad=True, call backward, read x.grad")
+        return feedback(True, "grad_at matches the analytic derivatives.", "")
+
+    return _safely(run, "grad_at")
+
+
+def check_mlp_parameters(answer: Any, hidden: tuple[int, ...] = (256, 128)) -> bool:
+    """Exercise 01.2: the parameter count of MLP(hidden) for 28x28 inputs and 10 classes."""
+    if not attempted(answer):
+        return False
+    expected = count_parameters(MLP(hidden=hidden))
+    try:
+        value = int(answer)
+    except (TypeError, ValueError):
+        return feedback(False, "", f"the answer should be a whole number, got {answer!r}")
+    if value == expected:
+        return feedback(True, f"{expected:,} parameters: weights in*out plus out biases per layer.", "")
+    close = abs(value - expected) <= sum(hidden) + 10
+    hint = ("close: did you count the biases (one per output unit)?" if close
+            else "each Linear(in, out) has in*out weights and out biases; inputs are 28*28 = 784")
+    return feedback(False, "", hint)
+
+
+def check_accuracy_fn(accuracy_fn: Any) -> bool:
+    """Exercise 01.3: `accuracy_fn(logits, labels)` returns the fraction of correct argmaxes."""
+    if not attempted(accuracy_fn):
+        return False
+    gen = torch.Generator().manual_seed(0)
+
+    def run() -> bool:
+        for n, c in [(1, 3), (16, 10), (257, 5)]:
+            logits = torch.randn(n, c, generator=gen)
+            labels = torch.randint(0, c, (n,), generator=gen)
+            expected = (logits.argmax(1) == labels).float().mean().item()
+            got = float(accuracy_fn(logits, labels))
+            if abs(got - expected) > 1e-6:
+                hint = ("got a value above 1: divide by the number of examples" if got > 1 else
+                        f"for {n} examples of {c} classes expected {expected:.4f}, got {got:.4f}; "
+                        "take argmax over dim=1 and compare with the labels")
+                return feedback(False, "", hint)
+        return feedback(True, "accuracy_fn agrees with the reference on every test batch.", "")
+
+    return _safely(run, "accuracy_fn")
+
+
+def check_best_regulariser(answer: Any, results: Mapping[str, float]) -> bool:
+    """Exercise 01.4: name the setting with the highest validation accuracy in `results`."""
+    if not attempted(answer):
+        return False
+    best = max(results, key=results.__getitem__)
+    if answer == best:
+        return feedback(True, f"{best!r} reached {results[best]:.3f} on held-out digits.", "")
+    if answer not in results:
+        return feedback(False, "", f"answer with one of the keys: {', '.join(map(repr, results))}")
+    return feedback(False, "", f"{answer!r} reached {results[answer]:.3f}; one did better: "
+                    "read the validation accuracies in the table above")

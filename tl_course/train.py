@@ -1,0 +1,294 @@
+"""One training loop for the whole course: fit, evaluate, predict, checkpoints.
+
+`fit` is generic through its `step`: a function that takes the model, one batch
+and a StepContext and returns a dict with a scalar "loss" tensor and any metrics
+(plus "n", the batch size used to average them). Classification is the default
+step; domain adaptation and multi-task learning plug in their own.
+
+On CUDA the loop uses mixed precision (bf16, or fp16 with a GradScaler); on CPU
+that machinery is switched off and costs nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .device import autocast, make_grad_scaler, to_device
+
+
+@dataclass
+class StepContext:
+    """What a step may need besides the batch: device, position in training, train or eval."""
+
+    device: torch.device
+    training: bool
+    epoch: int = 0
+    epochs: int = 1
+    batch: int = 0
+    batches: int = 1
+    # A step that sets parameter gradients itself (e.g. PCGrad) sets this to True so
+    # that fit does not call backward on the returned loss.
+    grads_ready: bool = False
+
+    @property
+    def progress(self) -> float:
+        """Fraction of training done, 0 -> 1 (used by schedules such as DANN's lambda)."""
+        return (self.epoch + self.batch / max(1, self.batches)) / max(1, self.epochs)
+
+
+StepFn = Callable[[nn.Module, Any, StepContext], dict[str, Any]]
+
+
+def classification_step(model: nn.Module, batch: Any, ctx: StepContext) -> dict[str, Any]:
+    """Cross-entropy on (images, labels); reports loss, accuracy and batch size."""
+    x, y = to_device(batch, ctx.device)
+    logits = model(x)
+    loss = F.cross_entropy(logits.float(), y)
+    acc = (logits.argmax(dim=1) == y).float().mean()
+    return {"loss": loss, "acc": acc, "n": y.shape[0]}
+
+
+@dataclass
+class History:
+    """Per-epoch metrics: `train_<name>` and `val_<name>` lists, plus seconds per epoch."""
+
+    metrics: dict[str, list[float]] = field(default_factory=dict)
+    best_epoch: int | None = None
+
+    def add(self, name: str, value: float) -> None:
+        self.metrics.setdefault(name, []).append(float(value))
+
+    def __getitem__(self, name: str) -> list[float]:
+        if name not in self.metrics:
+            raise KeyError(f"no metric {name!r}; have: {', '.join(self.metrics)}")
+        return self.metrics[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.metrics
+
+    @property
+    def epochs(self) -> int:
+        return len(self.metrics.get("seconds", []))
+
+    def last(self, name: str) -> float:
+        return self[name][-1]
+
+    def summary(self) -> str:
+        """One line: epochs, time and the final value of every metric."""
+        shown = [f"{k}={v[-1]:.4f}" for k, v in self.metrics.items() if k != "seconds" and v]
+        secs = sum(self.metrics.get("seconds", []))
+        return f"{self.epochs} epochs in {secs:.1f}s | " + " ".join(shown)
+
+    def __repr__(self) -> str:
+        return f"History({self.summary()})"
+
+
+class _Averager:
+    """Running means of step outputs, weighted by batch size."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.count = 0
+
+    def update(self, out: dict[str, Any]) -> None:
+        n = int(out.get("n", 1))
+        self.count += n
+        for k, v in out.items():
+            if k == "n":
+                continue
+            value = v.detach().float().item() if isinstance(v, torch.Tensor) else float(v)
+            self.sums[k] = self.sums.get(k, 0.0) + value * n
+
+    def means(self) -> dict[str, float]:
+        return {k: s / max(1, self.count) for k, s in self.sums.items()}
+
+
+def _check_loss(out: dict[str, Any]) -> torch.Tensor:
+    loss = out.get("loss") if isinstance(out, dict) else None
+    if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+        raise TypeError(
+            "a training step must return a dict with a scalar tensor under 'loss', "
+            f"got {type(out).__name__} with keys {list(out) if isinstance(out, dict) else '-'}"
+        )
+    if not torch.isfinite(loss):
+        raise FloatingPointError(
+            f"loss became {loss.item()}: lower the learning rate or check the inputs"
+        )
+    return loss
+
+
+def evaluate(
+    model: nn.Module,
+    loader: Iterable,
+    device: torch.device,
+    step: StepFn = classification_step,
+    amp: bool = True,
+) -> dict[str, float]:
+    """Average the step's metrics over `loader` with the model in eval mode, no gradients."""
+    model.eval()
+    avg = _Averager()
+    ctx = StepContext(device=device, training=False)
+    with torch.no_grad(), autocast(device, enabled=amp):
+        for batch in loader:
+            avg.update(step(model, batch, ctx))
+    if avg.count == 0:
+        raise ValueError("evaluate got an empty loader: check the dataset size and batch size")
+    return avg.means()
+
+
+def predict(
+    model: nn.Module, loader: Iterable, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (logits, labels) for every (image, label) batch of `loader`, on the CPU."""
+    model.eval()
+    outs, labels = [], []
+    with torch.no_grad(), autocast(device):
+        for x, y in loader:
+            outs.append(model(to_device(x, device)).float().cpu())
+            labels.append(y)
+    return torch.cat(outs), torch.cat(labels)
+
+
+def accuracy(model: nn.Module, loader: Iterable, device: torch.device) -> float:
+    """Top-1 accuracy of `model` on `loader`."""
+    logits, labels = predict(model, loader, device)
+    return (logits.argmax(dim=1) == labels).float().mean().item()
+
+
+def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> Path:
+    """Write the model's state_dict atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(model.state_dict(), tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(model: nn.Module, path: str | os.PathLike, device: torch.device | None = None) -> nn.Module:
+    """Load a state_dict saved by save_checkpoint into `model` (weights only, no pickled code)."""
+    state = torch.load(Path(path), map_location=device or "cpu", weights_only=True)
+    model.load_state_dict(state)
+    return model
+
+
+def fit(
+    model: nn.Module,
+    train_loader: Iterable,
+    val_loader: Iterable | None = None,
+    *,
+    epochs: int,
+    device: torch.device,
+    optimizer: torch.optim.Optimizer | None = None,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    scheduler: Any = None,
+    step: StepFn = classification_step,
+    val_step: StepFn | None = None,
+    monitor: str = "val_loss",
+    patience: int | None = None,
+    restore_best: bool = False,
+    checkpoint: str | os.PathLike | None = None,
+    amp: bool = True,
+    progress: bool = True,
+    desc: str = "fit",
+) -> History:
+    """Train `model` for `epochs`, validating after each; return the History.
+
+    - optimizer: defaults to AdamW(lr, weight_decay) over the trainable parameters.
+    - scheduler: stepped once per epoch (after validation, with the monitored value
+      for ReduceLROnPlateau).
+    - monitor / patience: early stopping on a history key ("val_loss" is minimised,
+      anything else maximised); restore_best puts back the best weights at the end.
+    - checkpoint: path where the best weights are saved (atomically) as a state_dict.
+    - progress: one tqdm bar over epochs; pass False in smoke / nbval runs.
+    """
+    from tqdm.auto import tqdm
+
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    model.to(device)
+    if optimizer is None:
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the model has no trainable parameters: unfreeze something first")
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    scaler = make_grad_scaler(device, enabled=amp)
+    val_step = val_step or step
+    history = History()
+    minimise = monitor.endswith("loss")
+    best = math.inf if minimise else -math.inf
+    best_state: dict[str, torch.Tensor] | None = None
+    stale = 0
+    try:
+        batches = len(train_loader)  # type: ignore[arg-type]
+    except TypeError:
+        batches = 1
+
+    bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False)
+    for epoch in bar:
+        start = time.perf_counter()
+        model.train()
+        avg = _Averager()
+        for i, batch in enumerate(train_loader):
+            ctx = StepContext(device, True, epoch, epochs, i, batches)
+            optimizer.zero_grad(set_to_none=True)
+            with autocast(device, enabled=amp):
+                out = step(model, batch, ctx)
+            loss = _check_loss(out)
+            if not ctx.grads_ready:
+                scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            avg.update(out)
+        if avg.count == 0:
+            raise ValueError("fit got an empty train loader: check the dataset and batch size")
+        for k, v in avg.means().items():
+            history.add(f"train_{k}", v)
+        if val_loader is not None:
+            for k, v in evaluate(model, val_loader, device, val_step, amp).items():
+                history.add(f"val_{k}", v)
+        history.add("lr", optimizer.param_groups[0]["lr"])
+        history.add("seconds", time.perf_counter() - start)
+
+        current = history[monitor][-1] if monitor in history else None
+        if scheduler is not None:
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                scheduler.step(current if current is not None else history["train_loss"][-1])
+            else:
+                scheduler.step()
+        if current is not None:
+            improved = current < best if minimise else current > best
+            if improved:
+                best, stale, history.best_epoch = current, 0, epoch
+                if restore_best:
+                    best_state = copy.deepcopy(model.state_dict())
+                if checkpoint is not None:
+                    save_checkpoint(model, checkpoint)
+            else:
+                stale += 1
+        bar.set_postfix({k: f"{v[-1]:.3f}" for k, v in history.metrics.items()
+                         if k.endswith(("loss", "acc"))})
+        if patience is not None and stale >= patience:
+            break
+    bar.close()
+    if restore_best and best_state is not None:
+        model.load_state_dict(best_state)
+    return history
