@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -92,7 +93,9 @@ def run_notebook(path: Path, profile_name: str, out_dir: Path, timeout: int = 18
     start = time.perf_counter()
     error: str | None = None
     try:
-        client.execute()
+        # The kernel's own stderr (transport warnings) would bury the one line that matters;
+        # errors in cells still arrive through the notebook's outputs.
+        client.execute(stderr=subprocess.DEVNULL)
     except CellExecutionError as exc:
         index, first = _failing_cell(nb)
         ename = getattr(exc, "ename", "Error")

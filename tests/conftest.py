@@ -1,0 +1,100 @@
+"""Shared fixtures: a hermetic environment for every test, tiny data, a fake MNIST cache."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # before anything imports pyplot
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.data import TensorDataset  # noqa: E402
+
+import tl_course.data  # noqa: E402
+from tl_course.data import DATA_ENV  # noqa: E402
+from tl_course.device import DEVICE_ENV  # noqa: E402
+from tl_course.runcard import RUNCARD_ENV  # noqa: E402
+
+# Tiny models gain nothing from threads, and on a busy 2-core machine torch's spinning
+# worker threads make them ~100x slower (notebook kernels get OMP_NUM_THREADS=1 likewise).
+torch.set_num_threads(1)
+
+
+def _unset(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    # setenv first so that teardown restores the original value even when the code
+    # under test (e.g. the CLI) sets the variable again in os.environ.
+    monkeypatch.setenv(name, "placeholder")
+    monkeypatch.delenv(name)
+
+
+@pytest.fixture(autouse=True)
+def hermetic(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """Every test: no run card, no forced device, an empty data cache, no network."""
+    _unset(monkeypatch, RUNCARD_ENV)
+    _unset(monkeypatch, DEVICE_ENV)
+    monkeypatch.setenv(DATA_ENV, str(tmp_path / "tl-course-data"))
+    # Unit tests never download; tests that care about the network patch this again.
+    monkeypatch.setattr(tl_course.data, "network_available", lambda *a, **k: False)
+    yield
+    plt.close("all")
+
+
+@pytest.fixture
+def data_root(tmp_path: Path) -> Path:
+    """A fresh, empty data cache folder (the one TL_COURSE_DATA points at)."""
+    root = tmp_path / "tl-course-data"
+    root.mkdir(exist_ok=True)
+    return root
+
+
+@pytest.fixture
+def cpu() -> torch.device:
+    return torch.device("cpu")
+
+
+@pytest.fixture
+def tiny_digits() -> TensorDataset:
+    """64 random 28x28 'images' in [0, 1] with labels 0..9 (deterministic)."""
+    gen = torch.Generator().manual_seed(123)
+    x = torch.rand(64, 1, 28, 28, generator=gen)
+    y = torch.arange(64) % 10
+    return TensorDataset(x, y)
+
+
+def write_idx_images(path: Path, images: torch.Tensor) -> None:
+    """Write uint8 images (N, 28, 28) in the idx3 format (magic 2051, big endian)."""
+    n, h, w = images.shape
+    path.write_bytes(struct.pack(">IIII", 2051, n, h, w) + images.to(torch.uint8).numpy().tobytes())
+
+
+def write_idx_labels(path: Path, labels: torch.Tensor) -> None:
+    """Write uint8 labels (N,) in the idx1 format (magic 2049, big endian)."""
+    path.write_bytes(struct.pack(">II", 2049, len(labels)) + labels.to(torch.uint8).numpy().tobytes())
+
+
+def write_fake_mnist(root: Path, n_train: int = 20, n_test: int = 10) -> tuple[torch.Tensor, ...]:
+    """Put a tiny MNIST in `root`/MNIST/raw under the file names torchvision reads.
+
+    Returns (train_images, train_labels, test_images, test_labels) as uint8 tensors.
+    """
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(7)
+    out = []
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = torch.randint(0, 256, (n, 28, 28), generator=gen, dtype=torch.uint8)
+        labels = (torch.arange(n) % 10).to(torch.uint8)
+        write_idx_images(raw / f"{prefix}-images-idx3-ubyte", images)
+        write_idx_labels(raw / f"{prefix}-labels-idx1-ubyte", labels)
+        out += [images, labels]
+    return tuple(out)
+
+
+@pytest.fixture
+def fake_mnist(data_root: Path) -> tuple[Path, tuple[torch.Tensor, ...]]:
+    """A tiny fake MNIST written into the data cache: (root, tensors)."""
+    return data_root, write_fake_mnist(data_root)

