@@ -118,7 +118,7 @@ grad_at = ...  # your function here
 tlc.exercises.check_derivative(grad_at)
 
 
-# %% tags=["solution"] jupyter={"source_hidden": true} cellView="form"
+# %% cellView="form" jupyter={"source_hidden": true} tags=["solution"]
 # @title Solution
 def grad_at(f, x):
     t = torch.tensor(float(x), requires_grad=True)
@@ -198,7 +198,7 @@ n_params = ...  # a number
 
 tlc.exercises.check_mlp_parameters(n_params)
 
-# %% tags=["solution"] jupyter={"source_hidden": true} cellView="form"
+# %% cellView="form" jupyter={"source_hidden": true} tags=["solution"]
 # @title Solution
 n_params = (784 * 256 + 256) + (256 * 128 + 128) + (128 * 10 + 10)
 tlc.exercises.check_mlp_parameters(n_params)
@@ -260,7 +260,7 @@ accuracy_fn = ...  # your function here
 tlc.exercises.check_accuracy_fn(accuracy_fn)
 
 
-# %% tags=["solution"] jupyter={"source_hidden": true} cellView="form"
+# %% cellView="form" jupyter={"source_hidden": true} tags=["solution"]
 # @title Solution
 def accuracy_fn(logits, labels):
     return (logits.argmax(dim=1) == labels).float().mean().item()
@@ -341,7 +341,7 @@ best_recipe = ...  # e.g. "plain"
 
 tlc.exercises.check_best_regulariser(best_recipe, tiny_acc)
 
-# %% tags=["solution"] jupyter={"source_hidden": true} cellView="form"
+# %% cellView="form" jupyter={"source_hidden": true} tags=["solution"]
 # @title Solution
 best_recipe = max(tiny_acc, key=tiny_acc.get)
 tlc.exercises.check_best_regulariser(best_recipe, tiny_acc)
