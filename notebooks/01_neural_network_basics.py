@@ -145,7 +145,8 @@ test_loader = tlc.make_loader(digits.test, 512, device)
 # %%
 images, labels = next(iter(train_loader))
 print(images.shape, labels.shape)  # (batch, channels, height, width), (batch,)
-tlc.plots.show_images(images[:16], labels[:16], nrow=16);
+tlc.plots.show_images(images[:16], labels[:16], nrow=16)
+plt.show()
 
 # %% [markdown]
 # ## 4. A training loop by hand: logistic regression
@@ -247,6 +248,7 @@ tlc.plots.plot_history(cnn_history, "loss", ax=axes[1], label="CNN")
 logits, targets = tlc.predict(cnn, test_loader, device)
 tlc.plots.plot_confusion_matrix(targets, logits.argmax(1), ax=axes[2])
 plt.tight_layout()
+plt.show()
 
 # %% [markdown]
 # ### Exercise 3: accuracy from logits
@@ -329,6 +331,7 @@ for name, (_, hist) in tiny_runs.items():
 axes[1].set(xlabel="epoch", ylabel="validation loss", title="validation loss by recipe")
 axes[1].legend(fontsize=8)
 plt.tight_layout()
+plt.show()
 
 # %% [markdown]
 # ### Exercise 4: read the experiment
@@ -355,7 +358,8 @@ tlc.exercises.check_best_regulariser(best_recipe, tiny_acc)
 
 # %%
 first_conv = cnn.body[0][0]
-tlc.plots.plot_filters(first_conv.weight);
+tlc.plots.plot_filters(first_conv.weight)
+plt.show()
 
 # %% [markdown]
 # Feature maps: one test digit through the first (conv, BatchNorm, ReLU). Each map lights
@@ -369,7 +373,8 @@ with torch.no_grad():
 fig, axes = plt.subplots(1, 2, figsize=(10, 2.6), gridspec_kw={"width_ratios": [1, 6]})
 tlc.plots.show_images(digit.cpu(), ax=axes[0], title="input")
 tlc.plots.show_images(maps.cpu() / maps.max().clamp(min=1e-8), ax=axes[1], nrow=8,
-                      title="first-block feature maps");
+                      title="first-block feature maps")
+plt.show()
 
 # %% [markdown]
 # ## What we saw

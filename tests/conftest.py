@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from torch.utils.data import TensorDataset  # noqa: E402
 import tl_course.data  # noqa: E402
 from tl_course.data import DATA_ENV  # noqa: E402
 from tl_course.device import DEVICE_ENV  # noqa: E402
+from tl_course.profile import PROFILE_ENV  # noqa: E402
 from tl_course.runcard import RUNCARD_ENV  # noqa: E402
 
 # Tiny models gain nothing from threads, and on a busy 2-core machine torch's spinning
@@ -31,11 +33,20 @@ def _unset(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     monkeypatch.delenv(name)
 
 
+def _protect(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """Keep `name` as it is, but restore it at teardown whatever the test does to it."""
+    if name in os.environ:
+        monkeypatch.setenv(name, os.environ[name])
+    else:
+        _unset(monkeypatch, name)
+
+
 @pytest.fixture(autouse=True)
 def hermetic(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     """Every test: no run card, no forced device, an empty data cache, no network."""
     _unset(monkeypatch, RUNCARD_ENV)
     _unset(monkeypatch, DEVICE_ENV)
+    _protect(monkeypatch, PROFILE_ENV)
     monkeypatch.setenv(DATA_ENV, str(tmp_path / "tl-course-data"))
     # Unit tests never download; tests that care about the network patch this again.
     monkeypatch.setattr(tl_course.data, "network_available", lambda *a, **k: False)
@@ -68,12 +79,14 @@ def tiny_digits() -> TensorDataset:
 def write_idx_images(path: Path, images: torch.Tensor) -> None:
     """Write uint8 images (N, 28, 28) in the idx3 format (magic 2051, big endian)."""
     n, h, w = images.shape
-    path.write_bytes(struct.pack(">IIII", 2051, n, h, w) + images.to(torch.uint8).numpy().tobytes())
+    header = struct.pack(">IIII", 2051, n, h, w)
+    path.write_bytes(header + images.to(torch.uint8).numpy().tobytes())
 
 
 def write_idx_labels(path: Path, labels: torch.Tensor) -> None:
     """Write uint8 labels (N,) in the idx1 format (magic 2049, big endian)."""
-    path.write_bytes(struct.pack(">II", 2049, len(labels)) + labels.to(torch.uint8).numpy().tobytes())
+    header = struct.pack(">II", 2049, len(labels))
+    path.write_bytes(header + labels.to(torch.uint8).numpy().tobytes())
 
 
 def write_fake_mnist(root: Path, n_train: int = 20, n_test: int = 10) -> tuple[torch.Tensor, ...]:

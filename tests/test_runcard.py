@@ -2,6 +2,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from tl_course import runcard
 from tl_course.runcard import RUNCARD_ENV, read, record, record_skip
@@ -19,8 +20,6 @@ def test_record_prints_and_returns(capsys):
 
 
 def test_record_accepts_tensors_and_ints(capsys):
-    import torch
-
     assert record("n", 3, env={}) == 3.0
     value = record("t", torch.tensor(0.25), env={})
     assert isinstance(value, float) and value == 0.25

@@ -267,10 +267,11 @@ def test_custom_step_gets_context_with_progress(cpu, tiny_digits):
 
 
 def test_step_context_progress_bounds():
-    assert StepContext(torch.device("cpu"), True, epoch=0, epochs=2, batch=0, batches=5).progress == 0
-    last = StepContext(torch.device("cpu"), True, epoch=1, epochs=2, batch=4, batches=5)
+    cpu = torch.device("cpu")
+    assert StepContext(cpu, True, epoch=0, epochs=2, batch=0, batches=5).progress == 0
+    last = StepContext(cpu, True, epoch=1, epochs=2, batch=4, batches=5)
     assert last.progress == pytest.approx(0.9)
-    assert StepContext(torch.device("cpu"), True, epoch=2, epochs=2).progress == 1.0
+    assert StepContext(cpu, True, epoch=2, epochs=2).progress == 1.0
 
 
 def test_step_without_loss_raises_type_error(cpu, tiny_digits):

@@ -167,7 +167,8 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     profile = get_profile()
     print(environment_summary(device, profile.name))
     root = data_dir()
-    print(f"data cache ({'TL_COURSE_DATA' if os.environ.get('TL_COURSE_DATA') else 'default'}): {root}")
+    origin = "TL_COURSE_DATA" if os.environ.get("TL_COURSE_DATA") else "default"
+    print(f"data cache ({origin}): {root}")
     for name, cached in cached_datasets(root).items():
         hint = "" if cached else f"  -> tl-course fetch {name}"
         print(f"  {name:12s} {'cached' if cached else 'missing'}{hint}")

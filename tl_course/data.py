@@ -278,7 +278,9 @@ def subset(ds: TensorDataset, n: int | None, seed: int = 0) -> TensorDataset:
     return TensorDataset(*(t[idx] for t in ds.tensors))
 
 
-def split(ds: TensorDataset, val_fraction: float, seed: int = 0) -> tuple[TensorDataset, TensorDataset]:
+def split(
+    ds: TensorDataset, val_fraction: float, seed: int = 0
+) -> tuple[TensorDataset, TensorDataset]:
     """Split into (train, validation) deterministically; `val_fraction` in (0, 1)."""
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction}")

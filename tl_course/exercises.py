@@ -59,8 +59,9 @@ def check_derivative(grad_at: Any) -> bool:
         for f, x, expected in cases:
             got = float(grad_at(f, x))
             if abs(got - expected) > 1e-4:
-                return feedback(False, "", f"for x = {x} expected {expected:.4f}, got {got:.4f}; "
-                                "make x a tensor with requires_grad=True, call backward, read x.grad")
+                hint = (f"for x = {x} expected {expected:.4f}, got {got:.4f}; make x a tensor "
+                        "with requires_grad=True, call backward, read x.grad")
+                return feedback(False, "", hint)
         return feedback(True, "grad_at matches the analytic derivatives.", "")
 
     return _safely(run, "grad_at")
@@ -76,7 +77,7 @@ def check_mlp_parameters(answer: Any, hidden: tuple[int, ...] = (256, 128)) -> b
     except (TypeError, ValueError):
         return feedback(False, "", f"the answer should be a whole number, got {answer!r}")
     if value == expected:
-        return feedback(True, f"{expected:,} parameters: weights in*out plus out biases per layer.", "")
+        return feedback(True, f"{expected:,}: in*out weights + out biases per layer.", "")
     close = abs(value - expected) <= sum(hidden) + 10
     hint = ("close: did you count the biases (one per output unit)?" if close
             else "each Linear(in, out) has in*out weights and out biases; inputs are 28*28 = 784")

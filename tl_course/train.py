@@ -182,7 +182,9 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> Path:
     return path
 
 
-def load_checkpoint(model: nn.Module, path: str | os.PathLike, device: torch.device | None = None) -> nn.Module:
+def load_checkpoint(
+    model: nn.Module, path: str | os.PathLike, device: torch.device | None = None
+) -> nn.Module:
     """Load a state_dict saved by save_checkpoint into `model` (weights only, no pickled code)."""
     state = torch.load(Path(path), map_location=device or "cpu", weights_only=True)
     model.load_state_dict(state)

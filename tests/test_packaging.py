@@ -1,0 +1,59 @@
+"""environment.yml and pyproject.toml describe the same install; ranges stay Colab-friendly."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import tomllib
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _name(req: str) -> str:
+    return re.split(r"[<>=!~\[ ;]", req.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def _conda_requirements() -> dict[str, str]:
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    reqs: dict[str, str] = {}
+    for dep in env["dependencies"]:
+        if isinstance(dep, dict):
+            for pip_req in dep.get("pip", []):
+                if not pip_req.startswith("-e"):
+                    reqs[_name(pip_req)] = pip_req.replace(" ", "")
+        elif _name(dep) not in ("python", "pip"):
+            reqs[_name(dep)] = dep.replace(" ", "")
+    return reqs
+
+
+def test_environment_yml_lists_the_same_dependencies_and_ranges():
+    deps = {_name(r): r.replace(" ", "") for r in _pyproject()["project"]["dependencies"]}
+    conda = _conda_requirements()
+    assert set(conda) == set(deps), f"only in one file: {set(conda) ^ set(deps)}"
+    for name, req in deps.items():
+        assert conda[name] == req, f"{name}: pyproject {req!r} vs environment.yml {conda[name]!r}"
+
+
+def test_environment_yml_installs_this_package_with_dev_extra():
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert "-e .[dev]" in pip_section
+
+
+def test_no_exact_pins_of_colab_preinstalled_packages():
+    for req in _pyproject()["project"]["dependencies"]:
+        if _name(req) in {"torch", "torchvision", "numpy"}:
+            assert "==" not in req and "<" not in req, f"{req}: Colab's version must satisfy it"
+
+
+def test_python_floor_matches():
+    meta = _pyproject()["project"]
+    assert meta["requires-python"] == ">=3.10"
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    assert "python>=3.10" in env["dependencies"]
