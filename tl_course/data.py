@@ -101,8 +101,9 @@ def fetch_mnist(root: Path) -> Path:
         return root / "MNIST"
     if not network_available():
         raise DataUnavailableError(
-            f"cannot download MNIST: no network. Run `{fetch_command('mnist')}` on a machine "
-            f"with internet and copy {root} here (or point {DATA_ENV} at a copy)."
+            f"MNIST is not in {root / 'MNIST'} and there is no network to download it. "
+            f"Run `{fetch_command('mnist')}` on a machine with internet and copy its cache "
+            f"folder here (or point {DATA_ENV} at a copy)."
         )
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".mnist-", dir=root))
@@ -115,7 +116,7 @@ def fetch_mnist(root: Path) -> Path:
         (tmp / "MNIST").rename(target)
     except Exception as exc:  # network errors come as URLError, RuntimeError, OSError
         raise DataUnavailableError(
-            f"downloading MNIST failed ({type(exc).__name__}: {exc}). "
+            f"downloading MNIST into {root} failed ({type(exc).__name__}: {exc}). "
             f"Retry `{fetch_command('mnist')}` when the network is back."
         ) from None
     finally:
@@ -177,12 +178,13 @@ def load_mnist(profile: Profile, root: Path | None = None) -> DigitsData:
     if profile.allow_download and not mnist_cached(root):
         try:
             fetch_mnist(root)
-        except DataUnavailableError as exc:
+        except DataUnavailableError:
             if profile.require_full:
                 raise DataUnavailableError(
-                    f"MNIST (full, 70,000 digits) is needed by the {profile.name} profile but is "
-                    f"not in {root / 'MNIST'} and cannot be downloaded ({exc}). Fix: run "
-                    f"`{fetch_command('mnist')}` with internet, or use the cpu profile."
+                    f"full MNIST is needed by the {profile.name} profile but is not in "
+                    f"{root / 'MNIST'} and cannot be downloaded. Fix: run "
+                    f"`{fetch_command('mnist')}` with internet (or point {DATA_ENV} at a "
+                    "copied cache), or use the cpu profile."
                 ) from None
             notice = (
                 f"notice: full MNIST is not in {root / 'MNIST'} and cannot be downloaded; "
