@@ -224,7 +224,7 @@ print("weights:", conv.weight.shape)  # 8 filters of 1x3x3
 
 # %%
 cnn = tlc.models.DigitCNN(dropout=0.3)
-print(cnn.body[0])  # one block
+print(cnn.blocks["block1"])  # one block
 print(f"parameters: CNN {tlc.count_parameters(cnn):,} vs MLP {tlc.count_parameters(mlp):,}")
 
 # %%
@@ -357,7 +357,7 @@ tlc.exercises.check_best_regulariser(best_recipe, tiny_acc)
 # transfer learning rests on: **early features are general, late ones are specific**.
 
 # %%
-first_conv = cnn.body[0][0]
+first_conv = cnn.blocks["block1"][0]
 tlc.plots.plot_filters(first_conv.weight)
 plt.show()
 
@@ -369,7 +369,7 @@ plt.show()
 cnn.eval()
 digit = digits.test.tensors[0][:1].to(device)
 with torch.no_grad():
-    maps = cnn.body[0][:3](digit)[0, :16].unsqueeze(1)
+    maps = cnn.blocks["block1"][:3](digit)[0, :16].unsqueeze(1)
 fig, axes = plt.subplots(1, 2, figsize=(10, 2.6), gridspec_kw={"width_ratios": [1, 6]})
 tlc.plots.show_images(digit.cpu(), ax=axes[0], title="input")
 tlc.plots.show_images(maps.cpu() / maps.max().clamp(min=1e-8), ax=axes[1], nrow=8,

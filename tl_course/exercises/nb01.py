@@ -1,46 +1,14 @@
-"""Auto-checks for the notebooks' exercises.
-
-Each `check_*` prints feedback and returns True / False; it never raises, so a
-notebook with an unfinished exercise still runs top to bottom. An answer left as
-`...` (or None) counts as "not attempted yet".
-"""
+"""Exercise checks for notebook 01 (neural-network basics)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from .models import MLP, count_parameters
-
-NOT_ATTEMPTED = (
-    "Not attempted yet: replace the `...` with your answer and run the cell again "
-    "(a worked solution is in the collapsed cell below)."
-)
-
-
-def feedback(ok: bool, success: str, hint: str) -> bool:
-    """Print a one-line verdict: the success message or the hint. Returns `ok`."""
-    print(f"[correct] {success}" if ok else f"[not yet] {hint}")
-    return ok
-
-
-def attempted(answer: Any) -> bool:
-    """False (with a note) when the answer is still the placeholder `...` or None."""
-    if answer is ... or answer is None:
-        print(f"[todo] {NOT_ATTEMPTED}")
-        return False
-    return True
-
-
-def _safely(check: Callable[[], bool], what: str) -> bool:
-    """Run a check; turn an exception in the learner's code into feedback."""
-    try:
-        return check()
-    except Exception as exc:  # the learner's code may fail in any way: report, don't raise
-        return feedback(False, "", f"calling your {what} raised {type(exc).__name__}: {exc}")
-
+from ..models import MLP, count_parameters
+from .common import attempted, feedback, safely
 
 # ----------------------------------------------------------------- 01 neural network basics
 
@@ -64,7 +32,7 @@ def check_derivative(grad_at: Any) -> bool:
                 return feedback(False, "", hint)
         return feedback(True, "grad_at matches the analytic derivatives.", "")
 
-    return _safely(run, "grad_at")
+    return safely(run, "grad_at")
 
 
 def check_mlp_parameters(answer: Any, hidden: tuple[int, ...] = (256, 128)) -> bool:
@@ -103,7 +71,7 @@ def check_accuracy_fn(accuracy_fn: Any) -> bool:
                 return feedback(False, "", hint)
         return feedback(True, "accuracy_fn agrees with the reference on every test batch.", "")
 
-    return _safely(run, "accuracy_fn")
+    return safely(run, "accuracy_fn")
 
 
 def check_best_regulariser(answer: Any, results: Mapping[str, float]) -> bool:

@@ -1,0 +1,17 @@
+"""Auto-checks for the notebooks' exercises: `tlc.exercises.check_<name>(answer)`.
+
+One module per notebook; every check prints feedback and returns a bool, never raises.
+"""
+
+from .common import NOT_ATTEMPTED, attempted, feedback, safely
+from .nb01 import (
+    check_accuracy_fn,
+    check_best_regulariser,
+    check_derivative,
+    check_mlp_parameters,
+)
+
+__all__ = [
+    "NOT_ATTEMPTED", "attempted", "feedback", "safely",
+    "check_accuracy_fn", "check_best_regulariser", "check_derivative", "check_mlp_parameters",
+]
