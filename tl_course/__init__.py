@@ -4,7 +4,20 @@ Importing it runs nothing: no downloads, no seeding, no device probing.
 The names below are the ones notebooks use as `tlc.<name>`.
 """
 
-from . import data, device, exercises, models, plots, profile, runcard, train
+from . import (
+    adapt,
+    data,
+    device,
+    domains,
+    exercises,
+    models,
+    multimnist,
+    multitask,
+    plots,
+    profile,
+    runcard,
+    train,
+)
 from .data import DigitsData, load_digits, make_loader
 from .device import get_device, seed_everything
 from .models import count_parameters
@@ -16,7 +29,8 @@ from .train import History, accuracy, evaluate, fit, predict
 __version__ = "0.1.0"
 
 __all__ = [
-    "data", "device", "exercises", "models", "plots", "profile", "runcard", "train",
+    "adapt", "data", "device", "domains", "exercises", "models", "multimnist", "multitask",
+    "plots", "profile", "runcard", "train",
     "DigitsData", "History", "Session", "accuracy", "count_parameters", "evaluate", "fit",
     "get_device", "get_profile", "load_digits", "make_loader", "predict", "record",
     "record_skip", "seed_everything", "start",

@@ -39,8 +39,10 @@ class StepContext:
     batch: int = 0
     batches: int = 1
     # A step that sets parameter gradients itself (e.g. PCGrad) sets this to True so
-    # that fit does not call backward on the returned loss.
+    # that fit does not call backward on the returned loss. Such a step must compute its
+    # gradients from `scaler.scale(loss)` so that fp16 gradient scaling stays consistent.
     grads_ready: bool = False
+    scaler: torch.amp.GradScaler | None = None
 
     @property
     def progress(self) -> float:
@@ -250,7 +252,7 @@ def fit(
         model.train()
         avg = _Averager()
         for i, batch in enumerate(train_loader):
-            ctx = StepContext(device, True, epoch, epochs, i, batches)
+            ctx = StepContext(device, True, epoch, epochs, i, batches, scaler=scaler)
             optimizer.zero_grad(set_to_none=True)
             with autocast(device, enabled=amp):
                 out = step(model, batch, ctx)

@@ -10,6 +10,10 @@ from .nb01 import (
     check_derivative,
     check_mlp_parameters,
 )
+from .nb02 import *  # noqa: F403  (each module lists its checks in __all__)
+from .nb03 import *  # noqa: F403
+from .nb04 import *  # noqa: F403
+from .nb05 import *  # noqa: F403
 
 __all__ = [
     "NOT_ATTEMPTED", "attempted", "feedback", "safely",

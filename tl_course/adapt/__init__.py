@@ -1,0 +1,1 @@
+"""Domain adaptation (notebook 04): gradient reversal, DANN, Deep CORAL, AdaBN, baselines."""

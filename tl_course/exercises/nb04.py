@@ -1,0 +1,3 @@
+"""Exercise checks for notebook 04."""
+
+__all__: list[str] = []

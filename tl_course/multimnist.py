@@ -1,0 +1,1 @@
+"""MultiMNIST (notebook 05): two overlapping digits per image, built from MNIST."""

@@ -1,0 +1,1 @@
+"""Multi-task learning (notebook 05): shared trunk, named heads, loss weighting."""
