@@ -43,11 +43,12 @@ def _protect(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
 
 @pytest.fixture(autouse=True)
 def hermetic(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    """Every test: no run card, no forced device, an empty data cache, no network."""
+    """Every test: no run card, no forced device, empty data / weights caches, no network."""
     _unset(monkeypatch, RUNCARD_ENV)
     _unset(monkeypatch, DEVICE_ENV)
     _protect(monkeypatch, PROFILE_ENV)
     monkeypatch.setenv(DATA_ENV, str(tmp_path / "tl-course-data"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # no cached weights
     # Unit tests never download; tests that care about the network patch this again.
     monkeypatch.setattr(tl_course.data, "network_available", lambda *a, **k: False)
     yield
@@ -105,6 +106,12 @@ def write_fake_mnist(root: Path, n_train: int = 20, n_test: int = 10) -> tuple[t
         write_idx_labels(raw / f"{prefix}-labels-idx1-ubyte", labels)
         out += [images, labels]
     return tuple(out)
+
+
+@pytest.fixture
+def mnist_writer():
+    """write_fake_mnist, as a fixture (a root conftest.py makes `import conftest` ambiguous)."""
+    return write_fake_mnist
 
 
 @pytest.fixture

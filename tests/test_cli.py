@@ -9,7 +9,6 @@ import nbformat
 import pytest
 
 import tl_course.data as data
-from conftest import write_fake_mnist
 from tl_course.cli import build_parser, main
 from tl_course.data import DATA_ENV
 from tl_course.device import DEVICE_ENV, get_device
@@ -100,17 +99,17 @@ def test_fetch_offline_names_the_fix(capsys, monkeypatch, data_root):
     _one_error_line(capsys.readouterr().err)
 
 
-def test_fetch_when_cached(capsys, data_root):
-    write_fake_mnist(data_root)
+def test_fetch_when_cached(capsys, data_root, mnist_writer):
+    mnist_writer(data_root)
     assert main(["fetch", "mnist"]) == 0
     assert f"mnist: ready in {data_root / 'MNIST'}" in capsys.readouterr().out
 
 
-def test_fetch_list(capsys, data_root):
+def test_fetch_list(capsys, data_root, mnist_writer):
     assert main(["fetch", "--list"]) == 0
     out = capsys.readouterr().out
     assert "mnist" in out and "missing" in out and str(data_root) in out
-    write_fake_mnist(data_root)
+    mnist_writer(data_root)
     assert main(["fetch", "--list"]) == 0
     out = capsys.readouterr().out
     assert "cached" in out and "missing" not in out
@@ -143,7 +142,7 @@ def test_parser_defaults():
     assert args.profile is None and args.out == "runs" and args.timeout == 1800
 
 
-def test_doctor_prints_device_and_cache(capsys, monkeypatch, data_root):
+def test_doctor_prints_device_and_cache(capsys, monkeypatch, data_root, mnist_writer):
     monkeypatch.setenv(PROFILE_ENV, "smoke")
     assert main(["doctor"]) == 0
     out = capsys.readouterr().out
@@ -151,7 +150,7 @@ def test_doctor_prints_device_and_cache(capsys, monkeypatch, data_root):
     assert f"data cache (TL_COURSE_DATA): {data_root}" in out
     assert "missing" in out and "tl-course fetch mnist" in out
     assert "free disk" in out
-    write_fake_mnist(data_root)
+    mnist_writer(data_root)
     assert main(["doctor"]) == 0
     out = capsys.readouterr().out
     assert "cached" in out and "tl-course fetch mnist" not in out

@@ -6,7 +6,6 @@ import torchvision.datasets
 from torch.utils.data import TensorDataset
 
 import tl_course.data as data
-from conftest import write_fake_mnist
 from tl_course.data import (
     DATA_ENV,
     DataUnavailableError,
@@ -182,8 +181,8 @@ def test_gpu_loads_cached_full_mnist_offline(monkeypatch, fake_mnist):
     assert "torchvision" in d.source and len(d.train) == len(tensors[0])
 
 
-def test_load_mnist_defaults_to_data_dir(monkeypatch, data_root):
-    write_fake_mnist(data_root)
+def test_load_mnist_defaults_to_data_dir(monkeypatch, data_root, mnist_writer):
+    mnist_writer(data_root)
     _forbid_network(monkeypatch)
     assert "torchvision" in load_mnist(CPU).source
 
@@ -211,17 +210,6 @@ def test_fetch_is_a_no_op_when_cached(monkeypatch, fake_mnist):
     assert fetch_mnist(root) == root / "MNIST"
 
 
-class _FakeMNIST:
-    """Stands in for torchvision's MNIST download: writes the raw files into its root."""
-
-    calls: list[bool] = []
-
-    def __init__(self, root, train=True, download=False):
-        assert download
-        type(self).calls.append(train)
-        write_fake_mnist(Path(root))
-
-
 class _FailingMNIST:
     def __init__(self, root, train=True, download=False):
         (Path(root) / "MNIST" / "raw").mkdir(parents=True, exist_ok=True)
@@ -229,14 +217,23 @@ class _FailingMNIST:
         raise OSError("connection reset")
 
 
-def test_fetch_downloads_into_place(monkeypatch, data_root):
+def test_fetch_downloads_into_place(monkeypatch, data_root, mnist_writer):
+    calls = []
+
+    class FakeMNIST:
+        """Stands in for torchvision's MNIST download: writes the raw files into its root."""
+
+        def __init__(self, root, train=True, download=False):
+            assert download
+            calls.append(train)
+            mnist_writer(Path(root))
+
     monkeypatch.setattr(data, "network_available", lambda *a, **k: True)
-    monkeypatch.setattr(torchvision.datasets, "MNIST", _FakeMNIST)
-    _FakeMNIST.calls = []
+    monkeypatch.setattr(torchvision.datasets, "MNIST", FakeMNIST)
     where = fetch_mnist(data_root)
     assert where == data_root / "MNIST"
     assert mnist_cached(data_root)
-    assert sorted(_FakeMNIST.calls) == [False, True]
+    assert sorted(calls) == [False, True]
     # The temporary download folder is gone.
     assert sorted(p.name for p in data_root.iterdir()) == ["MNIST"]
 

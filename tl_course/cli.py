@@ -80,12 +80,15 @@ def run_notebook(path: Path, profile_name: str, out_dir: Path, timeout: int = 18
     if path.suffix != ".ipynb":
         raise CLIError(f"expected a .ipynb notebook, got {path} (the paired .ipynb sits beside it)")
     nb = nbformat.read(path, as_version=4)
+    if out_dir.resolve() == path.parent.resolve():
+        raise CLIError(f"--out {out_dir} is the notebook's own folder: the executed copy would "
+                       "overwrite the source; choose another folder, e.g. --out runs")
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics_file = out_dir / f".{path.stem}.metrics.json"
     metrics_file.unlink(missing_ok=True)
-    # The kernel inherits this process's environment: that is how profile and run card reach it.
-    os.environ[PROFILE_ENV] = profile_name
-    os.environ[RUNCARD_ENV] = str(metrics_file.resolve())
+    # The kernel gets its own environment: that is how profile and run card reach it,
+    # without changing this process's.
+    kernel_env = {**os.environ, PROFILE_ENV: profile_name, RUNCARD_ENV: str(metrics_file.resolve())}
     client = NotebookClient(
         nb, timeout=timeout, kernel_name="python3",
         resources={"metadata": {"path": str(path.parent.resolve())}},
@@ -95,7 +98,7 @@ def run_notebook(path: Path, profile_name: str, out_dir: Path, timeout: int = 18
     try:
         # The kernel's own stderr (transport warnings) would bury the one line that matters;
         # errors in cells still arrive through the notebook's outputs.
-        client.execute(stderr=subprocess.DEVNULL)
+        client.execute(stderr=subprocess.DEVNULL, env=kernel_env)
     except CellExecutionError as exc:
         index, first = _failing_cell(nb)
         ename = getattr(exc, "ename", "Error")
@@ -110,7 +113,7 @@ def run_notebook(path: Path, profile_name: str, out_dir: Path, timeout: int = 18
         "notebook": path.name,
         "status": "failed" if error else "ok",
         "profile": profile_name,
-        "device": str(get_device()),
+        "device": str(get_device(env=kernel_env)),
         "versions": versions(),
         "seconds": round(seconds, 1),
         "metrics": recorded["metrics"],

@@ -14,7 +14,7 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -290,6 +290,49 @@ def split(
     n_val = max(1, round(len(ds) * val_fraction))
     pick = lambda i: TensorDataset(*(t[i] for t in ds.tensors))
     return pick(idx[n_val:]), pick(idx[:n_val])
+
+
+def filter_classes(
+    ds: TensorDataset, classes: Sequence[int], relabel: bool = True
+) -> TensorDataset:
+    """Keep only examples of `classes`; with relabel, class classes[i] becomes label i.
+
+    The Yosinski-style split of the course: source = digits 0-4, target = digits 5-9
+    (relabelled 0-4), so the two tasks share no class.
+    """
+    x, y = ds.tensors[0], ds.tensors[1]
+    classes = list(classes)
+    missing = [c for c in classes if not (y == c).any()]
+    if missing:
+        raise ValueError(f"classes {missing} do not occur in the dataset (labels: "
+                         f"{sorted(torch.unique(y).tolist())})")
+    keep = torch.isin(y, torch.tensor(classes))
+    y_kept = y[keep]
+    if relabel:
+        lookup = torch.full((int(y.max()) + 1,), -1, dtype=torch.long)
+        lookup[torch.tensor(classes)] = torch.arange(len(classes))
+        y_kept = lookup[y_kept]
+    return TensorDataset(x[keep], y_kept)
+
+
+def per_class_subset(ds: TensorDataset, k: int, seed: int = 0) -> TensorDataset:
+    """k examples of every class, chosen at random but deterministically for `seed`.
+
+    Raises ValueError when a class has fewer than k examples.
+    """
+    if k <= 0:
+        raise ValueError(f"k (labels per class) must be positive, got {k}")
+    y = ds.tensors[1]
+    gen = torch.Generator().manual_seed(seed)
+    picks = []
+    for c in torch.unique(y):
+        idx = torch.nonzero(y == c).flatten()
+        if len(idx) < k:
+            raise ValueError(f"class {int(c)} has only {len(idx)} examples, fewer than k={k}")
+        picks.append(idx[torch.randperm(len(idx), generator=gen)[:k]])
+    idx = torch.cat(picks)
+    idx = idx[torch.randperm(len(idx), generator=gen)]
+    return TensorDataset(*(t[idx] for t in ds.tensors))
 
 
 class TransformDataset(Dataset):

@@ -38,6 +38,8 @@ class Profile:
     allow_download: bool
     require_full: bool
     progress: bool  # show tqdm bars (off in smoke: nbval stores every refresh)
+    seeds: int = 1  # repeats of small-data experiments (mean and spread over seeds)
+    small_steps: int = 100  # gradient steps for one small-data training run
     # Rough wall time per notebook, minutes, for the first printed line.
     minutes: Mapping[str, float] = field(default_factory=dict)
 
@@ -57,6 +59,8 @@ PROFILES: dict[str, Profile] = {
         allow_download=False,
         require_full=False,
         progress=False,
+        seeds=1,
+        small_steps=20,
         minutes={"01": 0.5, "02": 0.5, "03": 0.5, "04": 0.5, "05": 0.5},
     ),
     "cpu": Profile(
@@ -69,6 +73,8 @@ PROFILES: dict[str, Profile] = {
         allow_download=True,
         require_full=False,
         progress=True,
+        seeds=3,
+        small_steps=120,
         minutes={"01": 3, "02": 4, "03": 4, "04": 5, "05": 4},
     ),
     "gpu": Profile(
@@ -81,6 +87,8 @@ PROFILES: dict[str, Profile] = {
         allow_download=True,
         require_full=True,
         progress=True,
+        seeds=5,
+        small_steps=300,
         minutes={"01": 4, "02": 6, "03": 6, "04": 10, "05": 6},
     ),
 }

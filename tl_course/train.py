@@ -84,6 +84,15 @@ class History:
     def epochs(self) -> int:
         return len(self.metrics.get("seconds", []))
 
+    def extend(self, other: History) -> History:
+        """Append another run's epochs (e.g. the unfrozen phase after the head phase)."""
+        offset = self.epochs
+        for name, values in other.metrics.items():
+            self.metrics.setdefault(name, []).extend(values)
+        if other.best_epoch is not None:
+            self.best_epoch = offset + other.best_epoch
+        return self
+
     def last(self, name: str) -> float:
         return self[name][-1]
 
@@ -228,6 +237,10 @@ def fit(
 
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
+    wants_monitor = patience is not None or restore_best or checkpoint is not None
+    if wants_monitor and val_loader is None and monitor.startswith("val_"):
+        raise ValueError(f"patience / restore_best / checkpoint watch {monitor!r}, which needs a "
+                         "val_loader; pass one, or monitor='train_loss'")
     model.to(device)
     if optimizer is None:
         params = [p for p in model.parameters() if p.requires_grad]

@@ -26,7 +26,7 @@ def check_derivative(grad_at: Any) -> bool:
     def run() -> bool:
         for f, x, expected in cases:
             got = float(grad_at(f, x))
-            if abs(got - expected) > 1e-4:
+            if not abs(got - expected) <= 1e-4:  # written so that NaN fails too
                 hint = (f"for x = {x} expected {expected:.4f}, got {got:.4f}; make x a tensor "
                         "with requires_grad=True, call backward, read x.grad")
                 return feedback(False, "", hint)
@@ -42,7 +42,10 @@ def check_mlp_parameters(answer: Any, hidden: tuple[int, ...] = (256, 128)) -> b
     expected = count_parameters(MLP(hidden=hidden))
     try:
         value = int(answer)
-    except (TypeError, ValueError):
+        whole = not isinstance(answer, float) or answer.is_integer()
+    except (TypeError, ValueError, OverflowError):
+        whole = False
+    if not whole:
         return feedback(False, "", f"the answer should be a whole number, got {answer!r}")
     if value == expected:
         return feedback(True, f"{expected:,}: in*out weights + out biases per layer.", "")
@@ -64,7 +67,7 @@ def check_accuracy_fn(accuracy_fn: Any) -> bool:
             labels = torch.randint(0, c, (n,), generator=gen)
             expected = (logits.argmax(1) == labels).float().mean().item()
             got = float(accuracy_fn(logits, labels))
-            if abs(got - expected) > 1e-6:
+            if not abs(got - expected) <= 1e-6:  # written so that NaN fails too
                 hint = ("got a value above 1: divide by the number of examples" if got > 1 else
                         f"for {n} examples of {c} classes expected {expected:.4f}, got {got:.4f}; "
                         "take argmax over dim=1 and compare with the labels")
@@ -79,6 +82,8 @@ def check_best_regulariser(answer: Any, results: Mapping[str, float]) -> bool:
     if not attempted(answer):
         return False
     best = max(results, key=results.__getitem__)
+    if not isinstance(answer, str):
+        return feedback(False, "", f"answer with a name (a string), one of: {', '.join(results)}")
     if answer == best:
         return feedback(True, f"{best!r} reached {results[best]:.3f} on held-out digits.", "")
     if answer not in results:

@@ -1,0 +1,122 @@
+"""Embeddings from a frozen body, cached once, and linear probes trained on them.
+
+Running a frozen backbone every epoch repeats the same forward pass; extracting the
+features once and training only the linear head on them gives the same model for a
+fraction of the time. That is the linear probe.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from .device import autocast, to_device
+from .train import History, fit
+
+
+@dataclass
+class Features:
+    """Embeddings (N, D) and labels (N,), on the CPU."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def dim(self) -> int:
+        return self.x.shape[1]
+
+    def dataset(self) -> TensorDataset:
+        return TensorDataset(self.x, self.y)
+
+
+def extract_features(
+    model: nn.Module, loader: Iterable, device: torch.device, cache: str | os.PathLike | None = None
+) -> Features:
+    """Run `model.features` (or the model itself) over `loader` once, in eval mode.
+
+    With `cache`, the result is saved there (atomically) and reloaded on the next call,
+    so a notebook re-run skips the extraction.
+    """
+    if cache is not None and Path(cache).exists():
+        data = torch.load(Path(cache), weights_only=True)
+        return Features(data["x"], data["y"])
+    embed = getattr(model, "features", model)
+    model.to(device).eval()
+    xs, ys = [], []
+    with torch.no_grad(), autocast(device):
+        for x, y in loader:
+            xs.append(embed(to_device(x, device)).float().flatten(1).cpu())
+            ys.append(y.cpu())
+    if not xs:
+        raise ValueError("extract_features got an empty loader")
+    feats = Features(torch.cat(xs), torch.cat(ys))
+    if cache is not None:
+        path = Path(cache)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.close(fd)
+        torch.save({"x": feats.x, "y": feats.y}, tmp)
+        os.replace(tmp, path)
+    return feats
+
+
+def linear_probe(
+    train: Features,
+    val: Features | None,
+    num_classes: int,
+    device: torch.device,
+    epochs: int = 20,
+    lr: float = 1e-2,
+    weight_decay: float = 1e-4,
+    batch_size: int = 256,
+    seed: int = 0,
+    progress: bool = False,
+) -> tuple[nn.Module, History]:
+    """Train a linear classifier on fixed features with the course's `fit`."""
+    if val is not None and val.dim != train.dim:
+        raise ValueError(f"train features have {train.dim} dims but val features {val.dim}")
+    torch.manual_seed(seed)
+    head = nn.Linear(train.dim, num_classes)
+    gen = torch.Generator().manual_seed(seed)
+    train_loader = DataLoader(train.dataset(), batch_size=batch_size, shuffle=True, generator=gen)
+    val_loader = DataLoader(val.dataset(), batch_size=1024) if val is not None else None
+    history = fit(head, train_loader, val_loader, epochs=epochs, device=device, lr=lr,
+                  weight_decay=weight_decay, progress=progress, desc="probe")
+    return head, history
+
+
+def sklearn_probe(train: Features, test: Features, c: float = 1.0, max_iter: int = 2000):
+    """scikit-learn's LogisticRegression on standardised features; returns (model, accuracy)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=max_iter))
+    clf.fit(train.x.numpy(), train.y.numpy())
+    return clf, float(clf.score(test.x.numpy(), test.y.numpy()))
+
+
+def embed_2d(features: Features, method: str = "tsne", seed: int = 0) -> torch.Tensor:
+    """2-D coordinates of the features by t-SNE or PCA (for plotting)."""
+    x = features.x.numpy()
+    if method == "pca":
+        from sklearn.decomposition import PCA
+
+        return torch.as_tensor(PCA(n_components=2, random_state=seed).fit_transform(x))
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+
+        perplexity = min(30.0, max(5.0, (len(x) - 1) / 4))
+        tsne = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed)
+        return torch.as_tensor(tsne.fit_transform(x))
+    raise ValueError(f"unknown method {method!r}; use 'tsne' or 'pca'")
