@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -27,6 +27,7 @@ from .data import (
     data_dir,
 )
 from .device import DeviceError, environment_summary, get_device, versions
+from .models import BACKBONES, WeightsUnavailableError, fetch_weights, weights_cached
 from .profile import PROFILE_ENV, ProfileError, get_profile
 from .runcard import RUNCARD_ENV
 from .runcard import read as read_runcard
@@ -73,7 +74,7 @@ def run_notebook(path: Path, profile_name: str, out_dir: Path, timeout: int = 18
     """
     import nbformat
     from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
     if not path.is_file():
         raise CLIError(f"notebook not found: {path}")
@@ -106,6 +107,11 @@ def run_notebook(path: Path, profile_name: str, out_dir: Path, timeout: int = 18
         error = f"{path.name} failed in code cell {index} ({first}): {ename}: " + (
             evalue[0] if evalue else ""
         )
+    except CellTimeoutError:
+        error = f"{path.name}: a cell ran longer than --timeout {timeout}s; raise it or use a "
+        error += "smaller profile"
+    except DeadKernelError:
+        error = f"{path.name}: the kernel died (out of memory?); try a smaller profile"
     seconds = time.perf_counter() - start
     recorded = read_runcard(metrics_file)
     metrics_file.unlink(missing_ok=True)
@@ -144,25 +150,52 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def fetchables() -> dict[str, Callable[[Path], Path]]:
+    """Everything `tl-course fetch` can download: datasets, then ImageNet weights."""
+    from .photos import fetch_eurosat
+
+    table: dict[str, Callable[[Path], Path]] = {**FETCHERS, "eurosat": fetch_eurosat}
+    for name in BACKBONES:
+        table[name] = lambda _root, n=name: fetch_weights(n)
+    return table
+
+
+def cache_status(root: Path) -> dict[str, bool]:
+    """For each fetchable item, whether it is cached (datasets in root, weights in TORCH_HOME)."""
+    from .photos import eurosat_cached
+
+    status = {**cached_datasets(root), "eurosat": eurosat_cached(root)}
+    status.update({name: weights_cached(name) for name in BACKBONES})
+    return status
+
+
 def _cmd_fetch(args: argparse.Namespace) -> int:
     root = data_dir()
+    table = fetchables()
     if args.list:
-        for name, cached in cached_datasets(root).items():
-            print(f"{name:12s} {'cached' if cached else 'missing'}")
-        print(f"cache: {root}")
+        for name, cached in cache_status(root).items():
+            print(f"{name:20s} {'cached' if cached else 'missing'}")
+        print(f"datasets: {root}\nweights:  {Path(torch_hub_dir()) / 'checkpoints'}")
         return 0
-    names = list(FETCHERS) if args.all else args.names
+    names = list(table) if args.all else args.names
     if not names:
         raise CLIError("name what to fetch, e.g. `tl-course fetch mnist`, or use --all / --list")
-    unknown = [n for n in names if n not in FETCHERS]
+    unknown = [n for n in names if n not in table]
     if unknown:
         raise UnknownDatasetError(
-            f"unknown dataset {', '.join(map(repr, unknown))}; fetchable: {', '.join(FETCHERS)}"
+            f"unknown name {', '.join(map(repr, unknown))}; fetchable: {', '.join(table)}"
         )
     for name in names:
-        where = FETCHERS[name](root)
+        where = table[name](root)
         print(f"{name}: ready in {where}")
     return 0
+
+
+def torch_hub_dir() -> str:
+    """torchvision's weights cache root ($TORCH_HOME/hub)."""
+    import torch
+
+    return torch.hub.get_dir()
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
@@ -172,9 +205,9 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     root = data_dir()
     origin = "TL_COURSE_DATA" if os.environ.get("TL_COURSE_DATA") else "default"
     print(f"data cache ({origin}): {root}")
-    for name, cached in cached_datasets(root).items():
+    for name, cached in cache_status(root).items():
         hint = "" if cached else f"  -> tl-course fetch {name}"
-        print(f"  {name:12s} {'cached' if cached else 'missing'}{hint}")
+        print(f"  {name:20s} {'cached' if cached else 'missing'}{hint}")
     probe = root if root.exists() else Path.home()
     free_gb = shutil.disk_usage(probe).free / 2**30
     print(f"free disk at {probe}: {free_gb:.1f} GB")
@@ -191,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=int, default=1800, help="seconds allowed per cell")
     run.set_defaults(func=_cmd_run)
     fetch = sub.add_parser("fetch", help="download datasets into the cache (TL_COURSE_DATA)")
-    fetch.add_argument("names", nargs="*", help=f"what to fetch: {', '.join(FETCHERS)}")
+    fetch.add_argument("names", nargs="*", help="what to fetch (see --list)")
     fetch.add_argument("--all", action="store_true", help="fetch everything the course uses")
     fetch.add_argument("--list", action="store_true", help="show what is cached")
     fetch.set_defaults(func=_cmd_fetch)
@@ -206,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (CLIError, ProfileError, DeviceError, UnknownDatasetError, DataUnavailableError,
-            NotebookFailed) as exc:
+            WeightsUnavailableError, NotebookFailed) as exc:
         print(f"tl-course: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

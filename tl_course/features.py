@@ -117,6 +117,7 @@ def embed_2d(features: Features, method: str = "tsne", seed: int = 0) -> torch.T
         from sklearn.manifold import TSNE
 
         perplexity = min(30.0, max(5.0, (len(x) - 1) / 4))
-        tsne = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed)
+        tsne = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed,
+                    max_iter=500)
         return torch.as_tensor(tsne.fit_transform(x))
     raise ValueError(f"unknown method {method!r}; use 'tsne' or 'pca'")

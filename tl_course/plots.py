@@ -6,7 +6,7 @@ so notebooks can compose figures with plt.subplots.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -94,3 +94,42 @@ def plot_filters(weight: torch.Tensor, ax: Axes | None = None, nrow: int = 8) ->
     lo = w.amin(dim=(1, 2, 3), keepdim=True)
     hi = w.amax(dim=(1, 2, 3), keepdim=True)
     return show_images((w - lo) / (hi - lo + 1e-8), ax=ax, nrow=nrow, title="first-layer filters")
+
+
+def plot_label_efficiency(
+    results: Mapping[str, Mapping[int, Sequence[float]]], ax: Axes | None = None
+) -> Axes:
+    """Accuracy vs labels per class, one line per method, mean with a +-1 std band."""
+    ax = _axis(ax, figsize=(6, 4))
+    for method, by_k in results.items():
+        ks = sorted(by_k)
+        vals = [np.asarray(by_k[k], dtype=float) for k in ks]
+        mean = np.array([v.mean() for v in vals])
+        std = np.array([v.std(ddof=1) if len(v) > 1 else 0.0 for v in vals])
+        ax.plot(ks, mean, marker="o", label=method)
+        ax.fill_between(ks, mean - std, mean + std, alpha=0.2)
+    ax.set_xscale("log")
+    ax.set_xticks(sorted(next(iter(results.values()))))
+    ax.get_xaxis().set_major_formatter("{x:g}")
+    ax.set(xlabel="labels per class", ylabel="target test accuracy")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def plot_embedding(
+    coords: torch.Tensor, labels: torch.Tensor, ax: Axes | None = None, title: str = "",
+    names: Sequence[str] | None = None,
+) -> Axes:
+    """A 2-D scatter of embedded points (t-SNE / PCA), coloured by label."""
+    ax = _axis(ax, figsize=(4.5, 4))
+    labels = np.asarray(labels)
+    for c in np.unique(labels):
+        pts = np.asarray(coords)[labels == c]
+        ax.scatter(pts[:, 0], pts[:, 1], s=6, alpha=0.7,
+                   label=names[int(c)] if names is not None else str(c))
+    ax.set_title(title, fontsize=10)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(fontsize=7, markerscale=2, loc="best")
+    return ax

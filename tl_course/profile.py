@@ -60,7 +60,7 @@ PROFILES: dict[str, Profile] = {
         require_full=False,
         progress=False,
         seeds=1,
-        small_steps=20,
+        small_steps=10,
         minutes={"01": 0.5, "02": 0.5, "03": 0.5, "04": 0.5, "05": 0.5},
     ),
     "cpu": Profile(
@@ -74,7 +74,7 @@ PROFILES: dict[str, Profile] = {
         require_full=False,
         progress=True,
         seeds=3,
-        small_steps=120,
+        small_steps=40,
         minutes={"01": 3, "02": 4, "03": 4, "04": 5, "05": 4},
     ),
     "gpu": Profile(
@@ -88,7 +88,7 @@ PROFILES: dict[str, Profile] = {
         require_full=True,
         progress=True,
         seeds=5,
-        small_steps=300,
+        small_steps=100,
         minutes={"01": 4, "02": 6, "03": 6, "04": 10, "05": 6},
     ),
 }

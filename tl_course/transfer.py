@@ -18,7 +18,14 @@ from torch.utils.data import TensorDataset
 from .data import DigitsData, data_dir, filter_classes, make_loader, per_class_subset
 from .device import seed_everything
 from .features import Features, extract_features, sklearn_probe
-from .models import DigitCNN, TransferModel, freeze_body, param_groups, unfreeze_all
+from .models import (
+    DigitCNN,
+    TransferModel,
+    freeze_body,
+    param_groups,
+    set_trainable,
+    unfreeze_all,
+)
 from .profile import Profile
 from .train import History, accuracy, fit, load_checkpoint, save_checkpoint
 
@@ -41,21 +48,35 @@ def steps_to_epochs(n_examples: int, batch_size: int, steps: int) -> int:
     return max(1, round(steps / per_epoch))
 
 
+def scramble_pixels(ds: TensorDataset, seed: int = 0) -> TensorDataset:
+    """The same images with their pixels shuffled by one fixed permutation.
+
+    A deliberately dissimilar source domain: same labels, but no strokes, no locality,
+    nothing a convolution filter trained on it could reuse on real digits.
+    """
+    x, y = ds.tensors[0], ds.tensors[1]
+    perm = torch.randperm(x[0].numel(), generator=torch.Generator().manual_seed(seed))
+    return TensorDataset(x.flatten(1)[:, perm].reshape(x.shape), y)
+
+
 def source_model(
     profile: Profile,
     device: torch.device,
     source: DigitsData,
     seed: int = 0,
     root: Path | None = None,
+    scrambled: bool = False,
 ) -> DigitCNN:
     """The course's source model: a DigitCNN trained on digits 0-4, cached (load-or-train).
 
     Training is seeded, so the cached file is what any machine would have trained; its
-    name records what it was trained on (data source, size, epochs, seed).
+    name records what it was trained on (data source, size, epochs, seed). With
+    `scrambled`, it is trained on pixel-scrambled digits instead (a dissimilar source).
     """
     epochs = profile.scaled_epochs(4 / 3)
     kind = "full" if "full" in source.source else "sample"
-    name = f"digitcnn_src0-4_{kind}{len(source.train)}_e{epochs}_s{seed}.pt"
+    variant = "scrambled" if scrambled else "src0-4"
+    name = f"digitcnn_{variant}_{kind}{len(source.train)}_e{epochs}_s{seed}.pt"
     path = (data_dir() if root is None else root) / "models" / name
     seed_everything(seed)
     model = DigitCNN(num_classes=len(SOURCE_CLASSES))
@@ -64,6 +85,9 @@ def source_model(
         print(f"source model loaded from {path}")
         return model.to(device)
     start = time.perf_counter()
+    if scrambled:
+        source = DigitsData(source.name, scramble_pixels(source.train),
+                            scramble_pixels(source.test), source.source)
     loader = make_loader(source.train, profile.batch_size, device, shuffle=True, seed=seed)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=epochs)
@@ -99,6 +123,29 @@ def fine_tune(
     opt = torch.optim.AdamW(param_groups(model, lr / 2, decay), weight_decay=weight_decay)
     history.extend(fit(model, train_loader, val_loader, epochs=epochs, device=device,
                        optimizer=opt, progress=progress, desc="fine-tune"))
+    return history
+
+
+def gradual_unfreeze(
+    model: TransferModel,
+    train_loader,
+    val_loader,
+    device: torch.device,
+    epochs_per_stage: int,
+    lr: float = 1e-3,
+    progress: bool = False,
+) -> History:
+    """ULMFiT's gradual unfreezing: train the head, then unfreeze one more block per stage,
+    from the last block to the first, so early (general) features change last and least.
+    """
+    freeze_body(model)
+    history = fit(model, train_loader, val_loader, epochs=epochs_per_stage, device=device,
+                  lr=lr, progress=progress, desc="head")
+    names = model.block_names
+    for i in range(len(names) - 1, -1, -1):
+        set_trainable(model, names[i:], head=True, bn="frozen")
+        history.extend(fit(model, train_loader, val_loader, epochs=epochs_per_stage,
+                           device=device, lr=lr, progress=progress, desc=f"+{names[i]}"))
     return history
 
 

@@ -1,3 +1,79 @@
-"""Exercise checks for notebook 02."""
+"""Exercise checks for notebook 02 (feature extraction)."""
 
-__all__: list[str] = []
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from .common import attempted, feedback, safely
+
+__all__ = ["check_frozen_body", "check_nearest_centroid", "check_transfer_gap"]
+
+
+def check_frozen_body(model: Any) -> bool:
+    """Exercise 02.1: every body parameter frozen, every head parameter trainable."""
+    if not attempted(model):
+        return False
+
+    def run() -> bool:
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        head = {n for n, _ in model.named_parameters() if n.startswith("head.")}
+        if not trainable:
+            return feedback(False, "", "nothing is trainable: the new head must still learn")
+        if trainable - head:
+            extra = sorted(trainable - head)[:3]
+            return feedback(False, "", f"body parameters still trainable, e.g. {extra}; "
+                            "call requires_grad_(False) on model.blocks")
+        if head - trainable:
+            return feedback(False, "", "part of the head is frozen: keep model.head trainable")
+        n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        return feedback(True, f"only the head trains: {n:,} parameters.", "")
+
+    return safely(run, "model")
+
+
+def check_nearest_centroid(classify: Any) -> bool:
+    """Exercise 02.2: classify(train_x, train_y, test_x) -> labels of the nearest class mean."""
+    if not attempted(classify):
+        return False
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.randn(4, 16, generator=gen) * 3
+    train_y = torch.arange(4).repeat(10)
+    train_x = centres[train_y] + torch.randn(40, 16, generator=gen)
+    test_x = torch.randn(50, 16, generator=gen) * 3
+    means = torch.stack([train_x[train_y == c].mean(0) for c in range(4)])
+    expected = torch.cdist(test_x, means).argmin(1)
+
+    def run() -> bool:
+        got = torch.as_tensor(classify(train_x, train_y, test_x)).flatten()
+        if got.shape != expected.shape:
+            return feedback(False, "", f"expected one label per test row ({len(expected)}), "
+                            f"got shape {tuple(got.shape)}")
+        agree = (got.long() == expected).float().mean().item()
+        if agree < 1.0:
+            return feedback(False, "", f"{agree:.0%} of labels agree with the reference: compute "
+                            "one mean per class, then pick the closest mean (Euclidean)")
+        return feedback(True, "nearest-centroid labels match: a probe with no training at all.", "")
+
+    return safely(run, "classify")
+
+
+def check_transfer_gap(answer: Any, results: Mapping[str, Mapping[int, Sequence[float]]],
+                       k: int = 10) -> bool:
+    """Exercise 02.3: mean fine-tune accuracy minus mean scratch accuracy at k labels per class."""
+    if not attempted(answer):
+        return False
+    mean = lambda v: sum(v) / len(v)
+    expected = mean(results["finetune"][k]) - mean(results["scratch"][k])
+    try:
+        value = float(answer)
+    except (TypeError, ValueError):
+        return feedback(False, "", f"answer with a number, got {answer!r}")
+    if abs(value - expected) <= 1e-6:
+        return feedback(True, f"fine-tuning gains {expected:+.3f} at k={k}.", "")
+    if abs(value + expected) <= 1e-6:
+        return feedback(False, "", "the sign is flipped: fine-tune minus scratch")
+    return feedback(False, "", f"average each method's list of seeds at k={k} first, then "
+                    "subtract")

@@ -1,0 +1,336 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/tl-course/tl-course/blob/main/notebooks/03_fine_tuning.ipynb)
+#
+# # 03 · Fine-tuning
+#
+# In 02 the body stayed frozen. Fine-tuning lets it change too, carefully:
+#
+# 1. how deep to unfreeze (head only, last block, everything), accuracy and time side by side,
+# 2. discriminative learning rates and gradual unfreezing,
+# 3. BatchNorm: frozen statistics or not,
+# 4. augmentation, dropout and weight decay against overfitting on tiny data,
+# 5. negative transfer: a start point that hurts, and how to notice,
+# 6. a panel to try settings yourself.
+#
+# Same digit world as 02: the source model knows digits 0-4, the target is 5-9.
+
+# %%
+# On Colab only: install the course package. Colab's own torch / torchvision are kept
+# (reinstalling them breaks its CUDA build), and custom widgets are switched on.
+import sys
+
+if "google.colab" in sys.modules:
+    import subprocess
+
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                    "tl-course @ git+https://github.com/tl-course/tl-course"], check=True)
+    from google.colab import output
+
+    output.enable_custom_widget_manager()
+
+# %% [markdown]
+# Profile, device and the expected run time come first.
+
+# %%
+import copy
+import time
+
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
+import torch
+
+import tl_course as tlc
+
+session = tlc.start("03", seed=0)
+device, profile = session.device, session.profile
+
+# %% [markdown]
+# The data and the source model of 02 (loaded from the cache when 02 already trained it).
+# The target training set is small on purpose: **20 labelled images per class**. We
+# validate on the target test digits to keep the notebook short; in a real project keep a
+# separate validation set for such choices.
+
+# %%
+digits = tlc.load_digits("mnist", profile)
+source, target = tlc.transfer.digit_split(digits)
+source_cnn = tlc.transfer.source_model(profile, device, source)
+small = tlc.data.per_class_subset(target.train, 20, seed=0)
+train_loader = tlc.make_loader(small, 32, device, shuffle=True)
+val_loader = tlc.make_loader(target.test, 512, device)
+epochs = tlc.transfer.steps_to_epochs(len(small), 32, 2 * profile.small_steps)
+print(f"{len(small)} target training images, {epochs} epochs per run")
+
+
+# %% [markdown]
+# ## 1. How deep to unfreeze
+#
+# Three choices for the same start point: train only the new head, also the last block,
+# or everything. `tlc.models.unfreeze_from(model, block)` trains that block and all after it.
+
+# %%
+def start_model():
+    """A fresh copy of the source model with a new 5-way head (seeded)."""
+    tlc.seed_everything(0)
+    return copy.deepcopy(source_cnn).reset_head(5)
+
+
+def run(model, lr=1e-3, n_epochs=epochs, loader=train_loader, **fit_kwargs):
+    """Fit, then return (history, seconds, validation accuracy)."""
+    start = time.perf_counter()
+    history = tlc.fit(model, loader, val_loader, epochs=n_epochs, device=device, lr=lr,
+                      progress=profile.progress, **fit_kwargs)
+    return history, time.perf_counter() - start, tlc.accuracy(model, val_loader, device)
+
+
+# %%
+depths = {"head only": None, "last block": "block2", "all": "block1"}
+depth_runs = {}
+for name, block in depths.items():
+    model = start_model()
+    if block is None:
+        tlc.models.freeze_body(model)
+    else:
+        tlc.models.unfreeze_from(model, block)
+    n_train = tlc.count_parameters(model, trainable_only=True)
+    depth_runs[name] = (*run(model), n_train)
+    print(f"{name:11s} trains {n_train:6,} params: acc {depth_runs[name][2]:.3f} "
+          f"in {depth_runs[name][1]:.1f}s")
+
+# %% [markdown]
+# Accuracy and time side by side. Each step deeper adds parameters and backward-pass time;
+# whether it adds accuracy depends on how far the target is from the source.
+
+# %%
+tlc.record("ft_head_acc", depth_runs["head only"][2])
+tlc.record("ft_last_block_acc", depth_runs["last block"][2])
+tlc.record("ft_all_acc", depth_runs["all"][2])
+fig, axes = plt.subplots(1, 2, figsize=(9, 3))
+names = list(depth_runs)
+axes[0].bar(names, [depth_runs[n][2] for n in names], color="tab:blue")
+axes[0].set(ylabel="target accuracy", ylim=(min(depth_runs[n][2] for n in names) - 0.05, 1))
+axes[1].bar(names, [depth_runs[n][1] for n in names], color="tab:gray")
+axes[1].set(ylabel="seconds")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ### Exercise 1: unfreeze the last block by hand
+#
+# Starting from `start_model()`, make only the last block (`model.blocks["block2"]`) and the
+# head trainable, without `tlc.models` helpers.
+
+# %%
+last_block_model = ...  # your model here
+
+tlc.exercises.check_last_block_only(last_block_model)
+
+# %% cellView="form" jupyter={"source_hidden": true} tags=["solution"]
+# @title Solution
+last_block_model = start_model()
+last_block_model.blocks.requires_grad_(False)
+last_block_model.blocks["block2"].requires_grad_(True)
+tlc.exercises.check_last_block_only(last_block_model)
+
+# %% [markdown]
+# ## 2. Discriminative learning rates and gradual unfreezing
+#
+# Early blocks hold general features that need little change; the head is brand new. So
+# give each earlier block a smaller learning rate (`tlc.models.param_groups`), or unfreeze
+# blocks one at a time from the top (ULMFiT's gradual unfreezing). Compare with one
+# learning rate for everything.
+
+# %%
+model = start_model()
+tlc.models.unfreeze_all(model)
+for group in tlc.models.param_groups(model, lr=1e-3, decay=0.3):
+    print(f"{group['name']:7s} lr {group['lr']:.1e}")
+
+# %%
+recipes = {}
+model = start_model()
+recipes["one lr"] = run(tlc.models.unfreeze_all(model))
+
+model = tlc.models.unfreeze_all(start_model())
+optimizer = torch.optim.AdamW(tlc.models.param_groups(model, lr=1e-3, decay=0.3))
+recipes["discriminative lr"] = run(model, optimizer=optimizer)
+
+model = start_model()
+start = time.perf_counter()
+stage_epochs = max(1, epochs // 3)
+gradual = tlc.transfer.gradual_unfreeze(model, train_loader, val_loader, device, stage_epochs)
+recipes["gradual unfreezing"] = (gradual, time.perf_counter() - start,
+                                 tlc.accuracy(model, val_loader, device))
+for name, (_, secs, acc) in recipes.items():
+    print(f"{name:20s} acc {acc:.3f} in {secs:.1f}s")
+
+# %% [markdown]
+# ### Exercise 2: build the parameter groups yourself
+#
+# For `model = tlc.models.unfreeze_all(start_model())`, build a list of optimizer groups
+# (`{"params": [...], "lr": ...}`) where the head gets `lr = 1e-3` and each earlier block
+# half the rate of the block after it.
+
+# %%
+model = tlc.models.unfreeze_all(start_model())
+my_groups = ...  # your list of groups
+
+tlc.exercises.check_discriminative_groups(my_groups, model, lr=1e-3, decay=0.5)
+
+# %% cellView="form" jupyter={"source_hidden": true} tags=["solution"]
+# @title Solution
+my_groups = [{"params": list(model.head.parameters()), "lr": 1e-3}]
+for depth, block in enumerate(reversed(list(model.blocks.values())), start=1):
+    my_groups.append({"params": list(block.parameters()), "lr": 1e-3 * 0.5**depth})
+tlc.exercises.check_discriminative_groups(my_groups, model, lr=1e-3, decay=0.5)
+
+# %% [markdown]
+# ## 3. BatchNorm: frozen statistics or not
+#
+# A frozen block's weights do not change, but in `train()` mode its BatchNorm layers keep
+# updating their running mean and variance from the target batches. `bn="frozen"` keeps
+# them in eval mode; `bn="train"` lets them drift. With tiny batches the drift is noisy.
+
+# %%
+bn_runs = {}
+for bn in ["frozen", "train"]:
+    model = start_model()
+    tlc.models.set_trainable(model, ["block2"], bn=bn)
+    tiny_batches = tlc.make_loader(small, 8, device, shuffle=True)
+    bn_runs[bn] = run(model, loader=tiny_batches)
+    print(f"BatchNorm {bn:6s} in frozen block1: acc {bn_runs[bn][2]:.3f}")
+
+# %% [markdown]
+# ## 4. Fighting overfitting on tiny data
+#
+# With **5** labels per class, fine-tuning everything memorises fast. Augmentation (small
+# random rotations and shifts), dropout before the head and weight decay each push back.
+# Watch the validation loss.
+
+# %%
+tiny = tlc.data.per_class_subset(target.train, 5, seed=0)
+tiny_epochs = tlc.transfer.steps_to_epochs(len(tiny), 16, 3 * profile.small_steps)
+regimes = {
+    "plain": dict(data=tiny, dropout=0.0, wd=0.0),
+    "augmentation": dict(data=tlc.data.TransformDataset(tiny, tlc.data.digit_augmentation()),
+                         dropout=0.0, wd=0.0),
+    "dropout + weight decay": dict(data=tiny, dropout=0.5, wd=0.05),
+}
+regime_runs = {}
+for name, cfg in regimes.items():
+    model = start_model()
+    model.head[0].p = cfg["dropout"]  # the head is Dropout -> Linear
+    loader = tlc.make_loader(cfg["data"], 16, device, shuffle=True)
+    regime_runs[name] = run(tlc.models.unfreeze_all(model), loader=loader,
+                            n_epochs=tiny_epochs, weight_decay=cfg["wd"])
+    print(f"{name:24s} acc {regime_runs[name][2]:.3f}")
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
+tlc.plots.plot_history(regime_runs["plain"][0], "loss", ax=axes[0], label="plain")
+for name, (hist, _, _) in regime_runs.items():
+    axes[1].plot(range(1, hist.epochs + 1), hist["val_loss"], label=name)
+axes[1].set(xlabel="epoch", ylabel="validation loss", title="5 labels per class")
+axes[1].legend(fontsize=8)
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## 5. Negative transfer
+#
+# Transfer is not free. A source that has nothing to do with the target gives a worse start
+# than random weights. Here the dissimilar source is a CNN trained on **pixel-scrambled**
+# digits: same labels, but no strokes or locality for its filters to learn. We fine-tune
+# from each start point with 10 labels per class and compare with training from scratch.
+
+# %%
+scrambled_cnn = tlc.transfer.source_model(profile, device, source, scrambled=True)
+start_points = {"digits 0-4 source": source_cnn, "scrambled source": scrambled_cnn}
+neg_scores = {"scratch": [], **{name: [] for name in start_points}}
+for seed in range(profile.seeds):
+    few = tlc.data.per_class_subset(target.train, 10, seed=seed)
+    model = tlc.transfer.train_scratch(few, device, profile.small_steps, seed)
+    neg_scores["scratch"].append(tlc.accuracy(model, val_loader, device))
+    for name, net in start_points.items():
+        model = tlc.transfer.train_finetune(net, few, device, profile.small_steps, seed)
+        neg_scores[name].append(tlc.accuracy(model, val_loader, device))
+neg_mean = {name: sum(v) / len(v) for name, v in neg_scores.items()}
+for name, acc in neg_mean.items():
+    print(f"{name:20s} {acc:.3f}")
+
+# %% [markdown]
+# How to notice it in practice: **always train a from-scratch baseline** on the same labels
+# and budget, and compare on held-out data. A fine-tuned model below that line is negative
+# transfer: pick another source, freeze less, or lower the learning rate.
+#
+# ### Exercise 3: spot it
+#
+# Which start point in `neg_mean` did worse than `"scratch"` on this run? Answer with its
+# name (or `"none"`).
+
+# %%
+hurt = ...  # a name from neg_mean
+
+tlc.exercises.check_negative_transfer(hurt, neg_mean)
+
+# %% cellView="form" jupyter={"source_hidden": true} tags=["solution"]
+# @title Solution
+below = [n for n, acc in neg_mean.items() if n != "scratch" and acc < neg_mean["scratch"]]
+hurt = below[0] if below else "none"
+tlc.exercises.check_negative_transfer(hurt, neg_mean)
+
+# %% [markdown]
+# ## 6. Try it yourself
+#
+# Pick how deep to unfreeze, the learning rate and the epochs, then press **Train**. Below
+# the panel, the notebook runs it once with the default settings so the curves are there
+# even before you touch it (and in headless runs, where no one can press a button).
+
+# %%
+def train_with(depth: str, lr: float, n_epochs: int):
+    model = start_model()
+    if depths[depth] is None:
+        tlc.models.freeze_body(model)
+    else:
+        tlc.models.unfreeze_from(model, depths[depth])
+    return run(model, lr=lr, n_epochs=n_epochs)[0]
+
+
+panel = tlc.widgets.TrainingPanel(train_with, {
+    "depth": widgets.Dropdown(options=list(depths), value="last block", description="unfreeze"),
+    "lr": widgets.FloatLogSlider(value=1e-3, base=10, min=-4, max=-1, description="lr"),
+    "n_epochs": widgets.IntSlider(value=epochs, min=1, max=4 * epochs, description="epochs"),
+})
+panel
+
+# %%
+panel_history = panel.run()
+print(panel_history.summary())
+
+# %% [markdown]
+# ## What we saw
+#
+# - Unfreezing deeper costs time and parameters; on a target this close to the source, it
+#   buys a little accuracy (compare `ft_head_acc`, `ft_last_block_acc`, `ft_all_acc`).
+# - Discriminative learning rates and gradual unfreezing protect general early features
+#   while the new head settles.
+# - Frozen weights are not frozen BatchNorm statistics: choose explicitly.
+# - On tiny data, augmentation, dropout and weight decay slow down memorisation.
+# - A dissimilar source can be worse than no source: compare with a scratch baseline.
+#
+# **Next:** [04 · Domain adaptation](04_domain_adaptation.ipynb): same task, new domain,
+# no target labels at all.
