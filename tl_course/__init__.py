@@ -10,13 +10,17 @@ from . import (
     device,
     domains,
     exercises,
+    features,
     models,
     multimnist,
     multitask,
+    photos,
     plots,
     profile,
     runcard,
     train,
+    transfer,
+    widgets,
 )
 from .data import DigitsData, load_digits, make_loader
 from .device import get_device, seed_everything
@@ -29,8 +33,9 @@ from .train import History, accuracy, evaluate, fit, predict
 __version__ = "0.1.0"
 
 __all__ = [
-    "adapt", "data", "device", "domains", "exercises", "models", "multimnist", "multitask",
-    "plots", "profile", "runcard", "train",
+    "adapt", "data", "device", "domains", "exercises", "features", "models", "multimnist",
+    "multitask", "photos", "plots", "profile", "runcard", "train", "transfer",
+    "widgets",
     "DigitsData", "History", "Session", "accuracy", "count_parameters", "evaluate", "fit",
     "get_device", "get_profile", "load_digits", "make_loader", "predict", "record",
     "record_skip", "seed_everything", "start",
