@@ -8,7 +8,6 @@ fraction of the time. That is the linear probe.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from .device import autocast, to_device
-from .train import History, fit
+from .train import History, fit, save_atomic
 
 
 @dataclass
@@ -61,12 +60,7 @@ def extract_features(
         raise ValueError("extract_features got an empty loader")
     feats = Features(torch.cat(xs), torch.cat(ys))
     if cache is not None:
-        path = Path(cache)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        os.close(fd)
-        torch.save({"x": feats.x, "y": feats.y}, tmp)
-        os.replace(tmp, path)
+        save_atomic({"x": feats.x, "y": feats.y}, cache)
     return feats
 
 

@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from .data import DataUnavailableError, data_dir, fetch_command, network_available
+from . import data as _data
+from .data import DataUnavailableError, data_dir, fetch_command
 from .models import (
     TransferModel,
     WeightsUnavailableError,
@@ -45,7 +46,7 @@ def fetch_eurosat(root: Path) -> Path:
 
     if eurosat_cached(root):
         return root / "eurosat"
-    if not network_available(EUROSAT_HOST):
+    if not _data.network_available(EUROSAT_HOST):
         raise DataUnavailableError(
             f"EuroSAT is not in {root / 'eurosat'} and there is no network to download it. "
             f"Run `{fetch_command('eurosat')}` on a machine with internet and copy the cache."
@@ -54,6 +55,7 @@ def fetch_eurosat(root: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=".eurosat-", dir=root))
     try:
         EuroSAT(str(tmp), download=True)
+        (tmp / "eurosat" / "EuroSAT.zip").unlink(missing_ok=True)  # 94 MB, extracted already
         target = root / "eurosat"
         if target.exists():
             shutil.rmtree(target)
@@ -136,20 +138,20 @@ def photo_task(profile: Profile, backbone: str = "resnet18", root: Path | None =
                          "STAND-IN: random-weight backbone on crops of 4 scikit-image photos; "
                          "the numbers mean nothing, the code path is the real one.")
     missing = []
-    if not weights_cached(backbone) and not network_available("download.pytorch.org"):
+    if not weights_cached(backbone) and not _data.network_available("download.pytorch.org"):
         missing.append(f"ImageNet weights for {backbone} (`tl-course fetch {backbone}`)")
-    if not eurosat_cached(root) and not network_available(EUROSAT_HOST):
+    if not eurosat_cached(root) and not _data.network_available(EUROSAT_HOST):
         missing.append(f"the EuroSAT photos (`{fetch_command('eurosat')}`)")
     if missing:
         return PhotoTask("skipped", backbone, notice=(
             "skipping the ImageNet section: no network, and not cached: " + "; ".join(missing)
             + ". Fetch them once with internet (or copy a cache) and re-run."))
     try:
-        model = create_backbone(backbone, 10, pretrained=True)
         fetch_eurosat(root)
+        train, test, classes = load_eurosat(root, weights_transforms(backbone),
+                                            per_class_train, per_class_test)
+        model = create_backbone(backbone, len(classes), pretrained=True)
     except (WeightsUnavailableError, DataUnavailableError, OSError) as exc:
         return PhotoTask("skipped", backbone, notice=f"skipping the ImageNet section: {exc}")
-    train, test, classes = load_eurosat(root, weights_transforms(backbone), per_class_train,
-                                        per_class_test)
     return PhotoTask("real", backbone, model, train, test, classes,
                      f"EuroSAT with {backbone} ImageNet weights")

@@ -178,19 +178,27 @@ def accuracy(model: nn.Module, loader: Iterable, device: torch.device) -> float:
     return (logits.argmax(dim=1) == labels).float().mean().item()
 
 
-def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> Path:
-    """Write the model's state_dict atomically (temp file in the same folder, then rename)."""
+def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """torch.save `obj` atomically: a temp file in the same folder, then rename.
+
+    An interrupted write leaves neither a half-written file nor the temp file behind.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
-        torch.save(model.state_dict(), tmp)
+        torch.save(obj, tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> Path:
+    """Write the model's state_dict atomically (see save_atomic)."""
+    return save_atomic(model.state_dict(), path)
 
 
 def load_checkpoint(

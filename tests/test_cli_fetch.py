@@ -1,0 +1,102 @@
+"""`tl-course fetch` for EuroSAT and ImageNet weights, offline."""
+
+import pytest
+import torch
+
+import tl_course.data
+import tl_course.photos
+from tl_course.cli import cache_status, fetchables, main
+from tl_course.models import weights_file
+
+ITEMS = ("mnist", "eurosat", "resnet18", "mobilenet_v3_small")
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    monkeypatch.setattr(tl_course.data, "network_available", lambda *a, **k: False)
+    monkeypatch.setattr(tl_course.photos, "network_available", lambda *a, **k: False)
+
+
+def _listing(out: str) -> dict[str, str]:
+    rows = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1] in ("cached", "missing"):
+            rows[parts[0]] = parts[1]
+    return rows
+
+
+def _one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("tl-course: error:")
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_fetchables_and_cache_status_cover_everything(data_root):
+    assert list(fetchables()) == list(ITEMS)
+    assert all(callable(f) for f in fetchables().values())
+    assert cache_status(data_root) == dict.fromkeys(ITEMS, False)
+
+
+def test_fetch_list_all_missing(capsys, data_root):
+    assert main(["fetch", "--list"]) == 0
+    captured = capsys.readouterr()
+    assert _listing(captured.out) == dict.fromkeys(ITEMS, "missing")
+    assert str(data_root) in captured.out
+    assert str(weights_file("resnet18").parent) in captured.out
+    assert captured.err == ""
+
+
+def test_fetch_list_shows_cached_weights_and_data(capsys, data_root, mnist_writer):
+    path = weights_file("resnet18")
+    path.parent.mkdir(parents=True)
+    torch.save({}, path)
+    (data_root / "eurosat" / "2750").mkdir(parents=True)
+    mnist_writer(data_root)
+    assert main(["fetch", "--list"]) == 0
+    assert _listing(capsys.readouterr().out) == {
+        "mnist": "cached", "eurosat": "cached", "resnet18": "cached",
+        "mobilenet_v3_small": "missing",
+    }
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small"])
+def test_fetch_weights_offline_is_one_line(name, capsys, offline):
+    assert main(["fetch", name]) == 1
+    captured = capsys.readouterr()
+    line = _one_error_line(captured.err)
+    assert f"tl-course fetch {name}" in line and "no network" in line
+    assert captured.out == ""
+    assert not weights_file(name).exists()
+
+
+def test_fetch_eurosat_offline_is_one_line(capsys, offline, data_root):
+    assert main(["fetch", "eurosat"]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert "tl-course fetch eurosat" in line and "no network" in line
+
+
+def test_fetch_cached_weights_is_ready(capsys, offline):
+    path = weights_file("resnet18")
+    path.parent.mkdir(parents=True)
+    torch.save({}, path)
+    assert main(["fetch", "resnet18"]) == 0
+    assert f"resnet18: ready in {path}" in capsys.readouterr().out
+
+
+def test_fetch_unknown_lists_the_fetchable_ones(capsys):
+    assert main(["fetch", "imagenet"]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert "imagenet" in line
+    for name in ITEMS:
+        assert name in line
+
+
+def test_fetch_stops_before_downloading_when_one_name_is_unknown(capsys, monkeypatch):
+    called = []
+    monkeypatch.setattr(tl_course.data, "network_available", lambda *a, **k: called.append(1))
+    assert main(["fetch", "mnist", "bogus"]) == 1
+    assert "bogus" in _one_error_line(capsys.readouterr().err)
+    assert called == []

@@ -1,0 +1,199 @@
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from tl_course.features import Features, embed_2d, extract_features, linear_probe, sklearn_probe
+from tl_course.models import DigitCNN
+
+
+class CountingNet(nn.Module):
+    """A tiny model (no `features` method) that counts its forward calls."""
+
+    def __init__(self, dim_in: int = 4, dim_out: int = 3, dropout: float = 0.0):
+        super().__init__()
+        torch.manual_seed(0)
+        self.drop = nn.Dropout(dropout)
+        self.lin = nn.Linear(dim_in, dim_out)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.lin(self.drop(x))
+
+
+def _loader(n: int = 10, dim: int = 4, batch_size: int = 4) -> DataLoader:
+    gen = torch.Generator().manual_seed(1)
+    ds = TensorDataset(torch.randn(n, dim, generator=gen), torch.arange(n) % 3)
+    return DataLoader(ds, batch_size=batch_size)
+
+
+def _separable(n_per_class: int = 30, dim: int = 8, classes: int = 3, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    centres = torch.eye(classes, dim) * 6
+    y = torch.arange(classes).repeat(n_per_class)
+    x = centres[y] + 0.5 * torch.randn(len(y), dim, generator=gen)
+    return Features(x, y)
+
+
+# ----------------------------------------------------------------- extract_features
+
+
+def test_extract_features_shape_labels_and_values(cpu):
+    model = CountingNet()
+    loader = _loader(n=10, batch_size=4)
+    feats = extract_features(model, loader, cpu)
+    xs = torch.cat([x for x, _ in loader])
+    ys = torch.cat([y for _, y in loader])
+    assert feats.x.shape == (10, 3) and feats.dim == 3 and len(feats) == 10
+    assert torch.equal(feats.y, ys)
+    with torch.no_grad():
+        assert torch.allclose(feats.x, model.lin(xs))
+    assert model.calls == 3  # one pass, one call per batch
+    assert not feats.x.requires_grad
+
+
+def test_extract_features_uses_the_features_method(cpu):
+    model = DigitCNN(num_classes=5, width=4)
+    ds = TensorDataset(torch.rand(6, 1, 28, 28), torch.arange(6) % 5)
+    feats = extract_features(model, DataLoader(ds, batch_size=4), cpu)
+    assert feats.x.shape == (6, model.feature_dim)  # the embedding, not the 5 logits
+
+
+def test_extract_features_is_deterministic_in_eval_mode(cpu):
+    model = CountingNet(dropout=0.5).train()
+    first = extract_features(model, _loader(), cpu)
+    second = extract_features(model, _loader(), cpu)
+    assert torch.equal(first.x, second.x) and torch.equal(first.y, second.y)
+    assert not model.training
+
+
+def test_extract_features_flattens_outputs(cpu):
+    model = nn.Sequential(nn.Linear(4, 6), nn.Unflatten(1, (2, 3)))
+    feats = extract_features(model, _loader(n=5), cpu)
+    assert feats.x.shape == (5, 6)
+
+
+def test_extract_features_cache_is_written_and_reused(cpu, tmp_path):
+    cache = tmp_path / "cache" / "feats.pt"
+    model = CountingNet()
+    first = extract_features(model, _loader(), cpu, cache=cache)
+    calls = model.calls
+    assert calls > 0 and cache.is_file()
+    # The cache holds plain tensors: it loads with weights_only.
+    data = torch.load(cache, weights_only=True)
+    assert torch.equal(data["x"], first.x) and torch.equal(data["y"], first.y)
+    # Only the cache file in its folder: no temp file left behind.
+    assert [p.name for p in cache.parent.iterdir()] == ["feats.pt"]
+
+    second = extract_features(model, _loader(), cpu, cache=cache)
+    assert model.calls == calls  # the model was not run again
+    assert torch.equal(second.x, first.x) and torch.equal(second.y, first.y)
+
+
+def test_extract_features_cache_is_written_atomically(cpu, tmp_path, monkeypatch):
+    cache = tmp_path / "feats.pt"
+    real_save = torch.save
+    seen = []
+
+    def save(obj, f, *args, **kwargs):
+        seen.append(str(f))
+        assert not cache.exists()  # never written in place
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    extract_features(CountingNet(), _loader(), cpu, cache=cache)
+    assert seen and all(s != str(cache) for s in seen)
+    assert all(s.startswith(str(tmp_path)) for s in seen)  # same folder: rename is atomic
+    assert cache.is_file()
+
+
+def test_extract_features_failed_write_leaves_nothing(cpu, tmp_path, monkeypatch):
+    cache = tmp_path / "feats.pt"
+
+    def broken_save(obj, f, *args, **kwargs):
+        with open(f, "wb") as fh:
+            fh.write(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        extract_features(CountingNet(), _loader(), cpu, cache=cache)
+    assert not cache.exists()
+    assert list(tmp_path.iterdir()) == []  # the temp file is cleaned up too
+
+
+def test_extract_features_empty_loader(cpu, tmp_path):
+    cache = tmp_path / "feats.pt"
+    with pytest.raises(ValueError, match="empty"):
+        extract_features(CountingNet(), [], cpu, cache=cache)
+    assert not cache.exists()
+
+
+# ----------------------------------------------------------------- probes
+
+
+def test_linear_probe_learns_separable_features(cpu):
+    train, val = _separable(seed=0), _separable(seed=1)
+    head, history = linear_probe(train, val, num_classes=3, device=cpu, epochs=15, lr=0.05)
+    assert isinstance(head, nn.Linear) and head.in_features == 8 and head.out_features == 3
+    assert history.epochs == 15
+    assert history.last("val_acc") >= 0.95
+    with torch.no_grad():
+        acc = (head(val.x).argmax(1) == val.y).float().mean().item()
+    assert acc >= 0.95
+
+
+def test_linear_probe_is_seeded(cpu):
+    train = _separable()
+    a, _ = linear_probe(train, None, 3, cpu, epochs=2, seed=3)
+    b, _ = linear_probe(train, None, 3, cpu, epochs=2, seed=3)
+    assert torch.equal(a.weight, b.weight)
+
+
+def test_linear_probe_rejects_mismatched_dims(cpu):
+    train = _separable(dim=8)
+    val = _separable(dim=5)
+    with pytest.raises(ValueError, match="8.*5"):
+        linear_probe(train, val, 3, cpu, epochs=1)
+
+
+def test_sklearn_probe_on_separable_data():
+    clf, acc = sklearn_probe(_separable(seed=0), _separable(seed=1))
+    assert acc >= 0.95
+    assert clf.predict(_separable(seed=2).x.numpy()).shape == (90,)
+
+
+def test_sklearn_probe_reports_chance_on_shuffled_labels():
+    test = _separable(seed=1)
+    wrong = Features(test.x, (test.y + 1) % 3)  # every label off by one
+    _, acc = sklearn_probe(_separable(seed=0), wrong)
+    assert acc <= 0.05
+
+
+# ----------------------------------------------------------------- embed_2d
+
+
+def test_embed_2d_pca_keeps_a_plane_exactly():
+    gen = torch.Generator().manual_seed(0)
+    plane = torch.linalg.qr(torch.randn(10, 2, generator=gen)).Q.T  # 2 orthonormal rows
+    coords = torch.randn(20, 2, generator=gen) * 3
+    feats = Features(coords @ plane + 5.0, torch.zeros(20, dtype=torch.long))
+    out = embed_2d(feats, "pca")
+    assert out.shape == (20, 2)
+    # A rotation (and reflection) of the original 2-D points: distances are preserved.
+    assert torch.allclose(torch.cdist(out.double(), out.double()),
+                          torch.cdist(coords.double(), coords.double()), atol=1e-4)
+
+
+def test_embed_2d_tsne_shape_and_seed():
+    feats = _separable(n_per_class=8)
+    a = embed_2d(feats, "tsne", seed=0)
+    b = embed_2d(feats, "tsne", seed=0)
+    assert a.shape == (24, 2) and torch.isfinite(a).all()
+    assert torch.equal(a, b)
+
+
+def test_embed_2d_unknown_method():
+    with pytest.raises(ValueError, match="umap.*tsne.*pca"):
+        embed_2d(_separable(), "umap")

@@ -1,0 +1,244 @@
+import math
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from tl_course.data import DigitsData
+from tl_course.models import DigitCNN, trainable_blocks
+from tl_course.profile import PROFILES
+from tl_course.train import History
+from tl_course.transfer import (
+    digit_split,
+    fine_tune,
+    gradual_unfreeze,
+    label_efficiency,
+    results_table,
+    scramble_pixels,
+    source_model,
+    steps_to_epochs,
+    summarise,
+)
+
+SMOKE = PROFILES["smoke"]
+
+
+def _indexed(n: int) -> TensorDataset:
+    """n 'images' whose first pixel is their index; labels 0..9 in turn."""
+    x = torch.zeros(n, 1, 28, 28)
+    x[:, 0, 0, 0] = torch.arange(n, dtype=torch.float32)
+    return TensorDataset(x, torch.arange(n) % 10)
+
+
+def _random_digits(n_train: int, n_test: int, classes: int = 5, seed: int = 0) -> DigitsData:
+    gen = torch.Generator().manual_seed(seed)
+    make = lambda n: TensorDataset(torch.rand(n, 1, 28, 28, generator=gen),
+                                   torch.arange(n) % classes)
+    return DigitsData("synthetic", make(n_train), make(n_test), "synthetic test digits")
+
+
+def _tiny_loader(n: int = 10, classes: int = 5) -> DataLoader:
+    gen = torch.Generator().manual_seed(0)
+    ds = TensorDataset(torch.rand(n, 1, 28, 28, generator=gen), torch.arange(n) % classes)
+    return DataLoader(ds, batch_size=n)
+
+
+def _state(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _same_state(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ----------------------------------------------------------------- digit_split
+
+
+def test_digit_split_labels():
+    digits = DigitsData("toy", _indexed(40), _indexed(20), "made up", notice="a notice")
+    source, target = digit_split(digits)
+    for part, full in (("train", digits.train), ("test", digits.test)):
+        orig_y = full.tensors[1]
+        src = getattr(source, part)
+        tgt = getattr(target, part)
+        # Source: exactly the 0-4 examples, labels unchanged.
+        src_idx = src.tensors[0][:, 0, 0, 0].long()
+        assert set(src.tensors[1].tolist()) == {0, 1, 2, 3, 4}
+        assert torch.equal(src.tensors[1], orig_y[src_idx])
+        assert len(src) == int((orig_y < 5).sum())
+        # Target: exactly the 5-9 examples, relabelled 0-4.
+        tgt_idx = tgt.tensors[0][:, 0, 0, 0].long()
+        assert set(tgt.tensors[1].tolist()) == {0, 1, 2, 3, 4}
+        assert (orig_y[tgt_idx] >= 5).all()
+        assert torch.equal(tgt.tensors[1], orig_y[tgt_idx] - 5)
+        assert len(tgt) == int((orig_y >= 5).sum())
+    assert source.name != target.name
+    assert source.source == target.source == "made up"
+
+
+# ----------------------------------------------------------------- steps_to_epochs
+
+
+@pytest.mark.parametrize(
+    ("n", "batch", "steps", "epochs"),
+    [(100, 32, 40, 10), (64, 64, 10, 10), (10, 32, 5, 5), (100, 32, 1, 1), (100, 10, 3, 1),
+     (1000, 10, 260, 3), (100, 32, 0, 1)],
+)
+def test_steps_to_epochs(n, batch, steps, epochs):
+    assert steps_to_epochs(n, batch, steps) == epochs
+
+
+def test_steps_to_epochs_gives_about_the_steps():
+    for n, batch, steps in [(500, 64, 100), (123, 7, 50), (4000, 128, 400)]:
+        epochs = steps_to_epochs(n, batch, steps)
+        per_epoch = math.ceil(n / batch)
+        assert abs(epochs * per_epoch - steps) <= per_epoch / 2
+
+
+# ----------------------------------------------------------------- scramble_pixels
+
+
+def test_scramble_pixels_is_one_fixed_permutation():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(5, 1, 28, 28, generator=gen)
+    x[0] = torch.arange(28 * 28, dtype=torch.float32).reshape(1, 28, 28)  # reveals the perm
+    y = torch.tensor([3, 1, 4, 1, 5])
+    original = x.clone()
+    out = scramble_pixels(TensorDataset(x, y), seed=0)
+    sx, sy = out.tensors
+    assert sx.shape == x.shape
+    assert torch.equal(sy, y)
+    assert torch.equal(x, original)  # input untouched
+    perm = sx[0].flatten().long()
+    assert sorted(perm.tolist()) == list(range(28 * 28))
+    assert not torch.equal(perm, torch.arange(28 * 28))
+    for i in range(5):
+        assert torch.equal(torch.sort(sx[i].flatten()).values, torch.sort(x[i].flatten()).values)
+        assert torch.equal(sx[i].flatten(), x[i].flatten()[perm])
+    again = scramble_pixels(TensorDataset(x, y), seed=0).tensors[0]
+    assert torch.equal(again, sx)
+    other = scramble_pixels(TensorDataset(x, y), seed=1).tensors[0]
+    assert not torch.equal(other, sx)
+
+
+# ----------------------------------------------------------------- source_model
+
+
+def test_source_model_trains_once_then_loads(cpu, tmp_path, capsys):
+    source = _random_digits(50, 20)
+    first = source_model(SMOKE, cpu, source, root=tmp_path)
+    out = capsys.readouterr().out
+    assert "trained" in out and "loaded" not in out
+    files = list((tmp_path / "models").iterdir())
+    assert len(files) == 1 and files[0].suffix == ".pt"
+    assert torch.load(files[0], weights_only=True).keys() == first.state_dict().keys()
+    assert isinstance(first, DigitCNN) and first.head[-1].out_features == 5
+
+    second = source_model(SMOKE, cpu, source, root=tmp_path)
+    out = capsys.readouterr().out
+    assert "loaded" in out and "trained" not in out
+    assert _same_state(_state(first), _state(second))
+    torch.manual_seed(0)
+    assert not _same_state(_state(first), _state(DigitCNN(num_classes=5)))  # really trained
+
+    scrambled = source_model(SMOKE, cpu, source, root=tmp_path, scrambled=True)
+    assert "trained" in capsys.readouterr().out  # not the unscrambled file
+    names = sorted(p.name for p in (tmp_path / "models").iterdir())
+    assert len(names) == 2 and files[0].name in names
+    assert not _same_state(_state(first), _state(scrambled))
+    source_model(SMOKE, cpu, source, root=tmp_path, scrambled=True)
+    assert "loaded" in capsys.readouterr().out
+
+
+def test_source_model_defaults_to_the_data_cache(cpu, data_root, capsys):
+    source_model(SMOKE, cpu, _random_digits(20, 10))
+    assert len(list((data_root / "models").glob("*.pt"))) == 1
+
+
+# ----------------------------------------------------------------- fine_tune / gradual_unfreeze
+
+
+def test_fine_tune_ends_fully_trainable(cpu):
+    torch.manual_seed(0)
+    model = DigitCNN(num_classes=5, width=4)
+    before = _state(model)
+    history = fine_tune(model, _tiny_loader(), _tiny_loader(), cpu, epochs=2, head_epochs=1)
+    assert isinstance(history, History)
+    assert history.epochs == 3 and len(history["val_loss"]) == 3
+    assert trainable_blocks(model) == model.block_names
+    assert all(p.requires_grad for p in model.parameters())
+    assert model.frozen_bn == set()
+    # The body moved in the fine-tune phase.
+    w = model.blocks["block1"][0].weight
+    assert not torch.equal(w, before["blocks.block1.0.weight"])
+
+
+def test_gradual_unfreeze_stages(cpu):
+    torch.manual_seed(0)
+    model = DigitCNN(num_classes=5, width=4)
+    history = gradual_unfreeze(model, _tiny_loader(), None, cpu, epochs_per_stage=2)
+    assert history.epochs == (len(model.block_names) + 1) * 2
+    assert trainable_blocks(model) == model.block_names
+    assert all(p.requires_grad for p in model.parameters())
+
+
+# ----------------------------------------------------------------- label_efficiency
+
+
+def test_label_efficiency_shape_and_range(cpu):
+    torch.manual_seed(0)
+    source = DigitCNN(num_classes=5, width=4)
+    before = _state(source)
+    target = _random_digits(15, 10, seed=1)
+    seen = []
+    results = label_efficiency(source, target, ks=[1, 2], seeds=[0, 1], device=cpu, steps=1,
+                               progress=seen.append)
+    assert list(results) == ["scratch", "probe", "finetune"]
+    for by_k in results.values():
+        assert list(by_k) == [1, 2]
+        for values in by_k.values():
+            assert len(values) == 2
+            assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in values)
+    assert len(seen) == 4
+    assert _same_state(before, _state(source))  # fine-tuning works on a copy
+
+
+def test_label_efficiency_one_method(cpu):
+    source = DigitCNN(num_classes=5, width=4)
+    results = label_efficiency(source, _random_digits(10, 10), ks=[1], seeds=[0], device=cpu,
+                               steps=1, methods=("probe",))
+    assert list(results) == ["probe"] and len(results["probe"][1]) == 1
+
+
+def test_label_efficiency_rejects_unknown_methods(cpu):
+    with pytest.raises(ValueError, match="magic"):
+        label_efficiency(DigitCNN(num_classes=5, width=4), _random_digits(10, 10), ks=[1],
+                         seeds=[0], device=cpu, steps=1, methods=("scratch", "magic"))
+
+
+# ----------------------------------------------------------------- summarise / results_table
+
+RESULTS = {
+    "scratch": {1: [0.2, 0.4, 0.6], 5: [0.5]},
+    "finetune": {1: [0.7, 0.9], 5: [0.8, 0.8]},
+}
+
+
+def test_summarise_mean_and_sample_std():
+    summary = summarise(RESULTS)
+    assert list(summary) == ["scratch", "finetune"]
+    mean, std = summary["scratch"][1]
+    assert mean == pytest.approx(0.4) and std == pytest.approx(0.2)  # ddof=1
+    assert summary["scratch"][5] == (pytest.approx(0.5), 0.0)  # one seed: no spread
+    mean, std = summary["finetune"][1]
+    assert mean == pytest.approx(0.8) and std == pytest.approx(math.sqrt(0.02))
+    assert summary["finetune"][5] == (pytest.approx(0.8), pytest.approx(0.0))
+
+
+def test_results_table():
+    lines = results_table(RESULTS).splitlines()
+    assert lines[0].replace(" ", "") == "|labelsperclass|scratch|finetune|"
+    assert lines[1] == "|---|---|---|"
+    assert lines[2] == "| 1 | 0.400 ± 0.200 | 0.800 ± 0.141 |"
+    assert lines[3] == "| 5 | 0.500 ± 0.000 | 0.800 ± 0.000 |"
+    assert len(lines) == 4
