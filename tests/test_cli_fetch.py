@@ -14,7 +14,6 @@ ITEMS = ("mnist", "eurosat", "resnet18", "mobilenet_v3_small")
 @pytest.fixture
 def offline(monkeypatch):
     monkeypatch.setattr(tl_course.data, "network_available", lambda *a, **k: False)
-    monkeypatch.setattr(tl_course.photos, "network_available", lambda *a, **k: False)
 
 
 def _listing(out: str) -> dict[str, str]:

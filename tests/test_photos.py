@@ -5,7 +5,6 @@ import torch
 from PIL import Image
 
 import tl_course.data
-import tl_course.photos as photos
 from tl_course.data import DataUnavailableError
 from tl_course.models import TransferModel, weights_file
 from tl_course.photos import (
@@ -29,14 +28,12 @@ def _no_network(*args, **kwargs):
 @pytest.fixture
 def offline(monkeypatch):
     """No network, wherever photos looks it up."""
-    monkeypatch.setattr(photos, "network_available", lambda *a, **k: False)
     monkeypatch.setattr(tl_course.data, "network_available", lambda *a, **k: False)
 
 
 @pytest.fixture
 def no_probe(monkeypatch):
     """Any network probe fails the test."""
-    monkeypatch.setattr(photos, "network_available", _no_network)
     monkeypatch.setattr(tl_course.data, "network_available", _no_network)
 
 
@@ -121,11 +118,15 @@ def test_photo_task_offline_names_only_what_is_missing(offline, data_root):
 
 def test_photo_task_network_claimed_but_download_fails_is_skipped(monkeypatch, data_root):
     # The quick probe says yes, the weights download still fails: a skip, not an error.
-    monkeypatch.setattr(photos, "network_available", lambda *a, **k: True)
-    monkeypatch.setattr(tl_course.data, "network_available", lambda *a, **k: False)
+    def failing_download(name):
+        raise OSError("connection reset")
+
+    monkeypatch.setattr(tl_course.data, "network_available", lambda *a, **k: True)
+    monkeypatch.setattr(tl_course.models, "fetch_weights", failing_download)
+    write_fake_eurosat(data_root, per_class=1)
     task = photo_task(CPU)
     assert task.status == "skipped"
-    assert "tl-course fetch resnet18" in task.notice
+    assert "connection reset" in task.notice
 
 
 def test_photo_task_real_with_cached_data_and_weights(no_probe, data_root):
@@ -184,7 +185,7 @@ def test_fetch_eurosat_failed_download_leaves_nothing(monkeypatch, data_root):
         (Path(root) / "eurosat" / "EuroSAT.zip").write_bytes(b"partial")
         raise OSError("connection reset")
 
-    monkeypatch.setattr(photos, "network_available", lambda *a, **k: True)
+    monkeypatch.setattr(tl_course.data, "network_available", lambda *a, **k: True)
     monkeypatch.setattr(torchvision.datasets, "EuroSAT", broken)
     with pytest.raises(DataUnavailableError) as info:
         fetch_eurosat(data_root)
@@ -200,7 +201,7 @@ def test_fetch_eurosat_download_is_moved_into_place(monkeypatch, data_root):
         assert download and Path(root).parent == data_root  # a temp folder in the cache
         write_fake_eurosat(Path(root), per_class=1)
 
-    monkeypatch.setattr(photos, "network_available", lambda *a, **k: True)
+    monkeypatch.setattr(tl_course.data, "network_available", lambda *a, **k: True)
     monkeypatch.setattr(torchvision.datasets, "EuroSAT", fake_download)
     assert fetch_eurosat(data_root) == data_root / "eurosat"
     assert eurosat_cached(data_root)

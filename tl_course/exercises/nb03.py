@@ -38,12 +38,14 @@ def check_discriminative_groups(groups: Any, model: Any, lr: float = 1e-3,
         return False
 
     def run() -> bool:
-        ids = [id(p) for g in groups for p in g["params"]]
+        # Materialise first: params may be generators (model.parameters()), read twice below.
+        materialised = [{**g, "params": list(g["params"])} for g in groups]
+        ids = [id(p) for g in materialised for p in g["params"]]
         if len(ids) != len(set(ids)):
             return feedback(False, "", "every parameter of the head and of every block must be "
                             "in exactly one group (one appears twice)")
         by_param = {}
-        for g in groups:
+        for g in materialised:
             for p in g["params"]:
                 by_param[id(p)] = g["lr"]
         expected = {id(p): lr for p in model.head.parameters()}
