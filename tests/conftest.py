@@ -118,3 +118,18 @@ def mnist_writer():
 def fake_mnist(data_root: Path) -> tuple[Path, tuple[torch.Tensor, ...]]:
     """A tiny fake MNIST written into the data cache: (root, tensors)."""
     return data_root, write_fake_mnist(data_root)
+
+
+@pytest.fixture
+def trusted_checksums(monkeypatch):
+    """Treat fake cached files as intact: the fakes stand in for real downloads, whose
+    checksums they cannot match. Tests of the checksum logic itself do not use this."""
+    import tl_course.cli
+    import tl_course.data
+    import tl_course.models
+    import tl_course.photos
+
+    monkeypatch.setattr(tl_course.data, "mnist_intact", tl_course.data.mnist_cached)
+    monkeypatch.setattr(tl_course.photos, "eurosat_intact", tl_course.photos.eurosat_cached)
+    monkeypatch.setattr(tl_course.models, "weights_intact", tl_course.models.weights_cached)
+    monkeypatch.setattr(tl_course.cli, "weights_intact", tl_course.models.weights_cached)

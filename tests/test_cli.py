@@ -99,13 +99,13 @@ def test_fetch_offline_names_the_fix(capsys, monkeypatch, data_root):
     _one_error_line(capsys.readouterr().err)
 
 
-def test_fetch_when_cached(capsys, data_root, mnist_writer):
+def test_fetch_when_cached(capsys, data_root, mnist_writer, trusted_checksums):
     mnist_writer(data_root)
     assert main(["fetch", "mnist"]) == 0
     assert f"mnist: ready in {data_root / 'MNIST'}" in capsys.readouterr().out
 
 
-def test_fetch_list(capsys, data_root, mnist_writer):
+def test_fetch_list(capsys, data_root, mnist_writer, trusted_checksums):
     assert main(["fetch", "--list"]) == 0
     out = capsys.readouterr().out
     assert "mnist" in out and "missing" in out and str(data_root) in out
@@ -143,7 +143,9 @@ def test_parser_defaults():
     assert args.profile is None and args.out == "runs" and args.timeout == 1800
 
 
-def test_doctor_prints_device_and_cache(capsys, monkeypatch, data_root, mnist_writer):
+def test_doctor_prints_device_and_cache(
+    capsys, monkeypatch, data_root, mnist_writer, trusted_checksums,
+):
     monkeypatch.setenv(PROFILE_ENV, "smoke")
     assert main(["doctor"]) == 0
     out = capsys.readouterr().out

@@ -204,7 +204,7 @@ def test_fetch_offline_raises_with_fix(data_root):
         fetch_mnist(data_root)
 
 
-def test_fetch_is_a_no_op_when_cached(monkeypatch, fake_mnist):
+def test_fetch_is_a_no_op_when_cached(monkeypatch, fake_mnist, trusted_checksums):
     root, _ = fake_mnist
     monkeypatch.setattr(data, "network_available", lambda *a, **k: pytest.fail("network"))
     assert fetch_mnist(root) == root / "MNIST"
@@ -388,3 +388,20 @@ def test_make_loader_drop_last(cpu):
 def test_make_loader_rejects_bad_batch_size(cpu, bs):
     with pytest.raises(ValueError, match="batch_size"):
         make_loader(_numbered(10), bs, cpu)
+
+
+def test_mnist_intact_checks_md5_of_the_archives(data_root, monkeypatch):
+    import hashlib
+
+    from torchvision.datasets import MNIST
+
+    raw = data_root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    resources = []
+    for i, (name, _) in enumerate(MNIST.resources):
+        (raw / name).write_bytes(f"archive {i}".encode())
+        resources.append((name, hashlib.md5(f"archive {i}".encode()).hexdigest()))
+    monkeypatch.setattr(MNIST, "resources", resources)
+    assert data.mnist_intact(data_root)
+    (raw / resources[0][0]).write_bytes(b"truncated")
+    assert not data.mnist_intact(data_root)

@@ -116,7 +116,9 @@ def test_photo_task_offline_names_only_what_is_missing(offline, data_root):
     assert "tl-course fetch resnet18" not in task.notice
 
 
-def test_photo_task_network_claimed_but_download_fails_is_skipped(monkeypatch, data_root):
+def test_photo_task_network_claimed_but_download_fails_is_skipped(
+    monkeypatch, data_root, trusted_checksums,
+):
     # The quick probe says yes, the weights download still fails: a skip, not an error.
     def failing_download(name):
         raise OSError("connection reset")
@@ -129,7 +131,7 @@ def test_photo_task_network_claimed_but_download_fails_is_skipped(monkeypatch, d
     assert "connection reset" in task.notice
 
 
-def test_photo_task_real_with_cached_data_and_weights(no_probe, data_root):
+def test_photo_task_real_with_cached_data_and_weights(no_probe, data_root, trusted_checksums):
     write_fake_eurosat(data_root, per_class=4)
     state = place_resnet18_weights()
     task = photo_task(CPU, per_class_train=2, per_class_test=1)
@@ -172,7 +174,7 @@ def test_fetch_eurosat_offline_names_the_fix(offline, data_root):
     assert not eurosat_cached(data_root)
 
 
-def test_fetch_eurosat_when_cached_does_not_probe(no_probe, data_root):
+def test_fetch_eurosat_when_cached_does_not_probe(no_probe, data_root, trusted_checksums):
     write_fake_eurosat(data_root)
     assert fetch_eurosat(data_root) == data_root / "eurosat"
 

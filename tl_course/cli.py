@@ -23,11 +23,16 @@ from .data import (
     FETCHERS,
     DataUnavailableError,
     UnknownDatasetError,
-    cached_datasets,
     data_dir,
 )
 from .device import DeviceError, environment_summary, get_device, versions
-from .models import BACKBONES, WeightsUnavailableError, fetch_weights, weights_cached
+from .models import (
+    BACKBONES,
+    WeightsUnavailableError,
+    fetch_weights,
+    weights_cached,
+    weights_intact,
+)
 from .profile import PROFILE_ENV, ProfileError, get_profile
 from .runcard import RUNCARD_ENV
 from .runcard import read as read_runcard
@@ -160,12 +165,20 @@ def fetchables() -> dict[str, Callable[[Path], Path]]:
     return table
 
 
-def cache_status(root: Path) -> dict[str, bool]:
-    """For each fetchable item, whether it is cached (datasets in root, weights in TORCH_HOME)."""
-    from .photos import eurosat_cached
+def cache_status(root: Path) -> dict[str, str]:
+    """For each fetchable item: "cached", "corrupt" (fails its checksum) or "missing"."""
+    from .data import mnist_cached, mnist_intact
+    from .photos import eurosat_cached, eurosat_intact
 
-    status = {**cached_datasets(root), "eurosat": eurosat_cached(root)}
-    status.update({name: weights_cached(name) for name in BACKBONES})
+    def state(present: bool, intact: Callable[[], bool]) -> str:
+        return "missing" if not present else ("cached" if intact() else "corrupt")
+
+    status = {
+        "mnist": state(mnist_cached(root), lambda: mnist_intact(root)),
+        "eurosat": state(eurosat_cached(root), lambda: eurosat_intact(root)),
+    }
+    for name in BACKBONES:
+        status[name] = state(weights_cached(name), lambda n=name: weights_intact(n))
     return status
 
 
@@ -173,8 +186,8 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     root = data_dir()
     table = fetchables()
     if args.list:
-        for name, cached in cache_status(root).items():
-            print(f"{name:20s} {'cached' if cached else 'missing'}")
+        for name, state in cache_status(root).items():
+            print(f"{name:20s} {state}")
         print(f"datasets: {root}\nweights:  {Path(torch_hub_dir()) / 'checkpoints'}")
         return 0
     names = list(table) if args.all else args.names
@@ -205,9 +218,9 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     root = data_dir()
     origin = "TL_COURSE_DATA" if os.environ.get("TL_COURSE_DATA") else "default"
     print(f"data cache ({origin}): {root}")
-    for name, cached in cache_status(root).items():
-        hint = "" if cached else f"  -> tl-course fetch {name}"
-        print(f"  {name:20s} {'cached' if cached else 'missing'}{hint}")
+    for name, state in cache_status(root).items():
+        hint = "" if state == "cached" else f"  -> tl-course fetch {name}"
+        print(f"  {name:20s} {state}{hint}")
     probe = root if root.exists() else Path.home()
     free_gb = shutil.disk_usage(probe).free / 2**30
     print(f"free disk at {probe}: {free_gb:.1f} GB")

@@ -10,6 +10,7 @@ the gpu profile needs the full data and says how to fetch it when it is missing.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import socket
@@ -89,6 +90,24 @@ def mnist_cached(root: Path) -> bool:
     return all((raw / f).exists() for f in needed)
 
 
+def file_md5(path: Path) -> str:
+    """MD5 of a file, read in chunks (the checksum torchvision publishes for datasets)."""
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def mnist_intact(root: Path) -> bool:
+    """True when the downloaded MNIST archives match torchvision's published MD5 sums."""
+    from torchvision.datasets import MNIST
+
+    raw = root / "MNIST" / "raw"
+    return all((raw / name).exists() and file_md5(raw / name) == md5
+               for name, md5 in MNIST.resources)
+
+
 def fetch_mnist(root: Path) -> Path:
     """Download full MNIST into `root` through torchvision (its URLs and checksums).
 
@@ -97,8 +116,11 @@ def fetch_mnist(root: Path) -> Path:
     """
     from torchvision.datasets import MNIST
 
-    if mnist_cached(root):
+    if mnist_cached(root) and mnist_intact(root):
         return root / "MNIST"
+    if mnist_cached(root):
+        print(f"MNIST in {root / 'MNIST'} fails its checksums (interrupted copy?): "
+              "downloading it again")
     if not network_available():
         raise DataUnavailableError(
             f"MNIST is not in {root / 'MNIST'} and there is no network to download it. "

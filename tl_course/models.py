@@ -8,6 +8,7 @@ or "a lower learning rate for earlier blocks" means the same thing for every mod
 
 from __future__ import annotations
 
+import pickle
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -180,6 +181,25 @@ def weights_cached(name: str) -> bool:
     return weights_file(name).exists()
 
 
+def weights_intact(name: str) -> bool:
+    """True when the cached weights match the SHA-256 prefix in their file name.
+
+    torchvision names weight files `<arch>-<first hex digits of sha256>.pth`; torch.hub
+    checks that on download, this checks it again for copied or truncated caches.
+    """
+    import hashlib
+
+    path = weights_file(name)
+    if not path.exists():
+        return False
+    prefix = path.stem.rsplit("-", 1)[-1]
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest().startswith(prefix)
+
+
 def weights_transforms(name: str) -> Callable:
     """The preprocessing the pretrained weights declare (resize, crop, ImageNet normalisation)."""
     from torchvision.models import get_weight
@@ -194,8 +214,12 @@ def fetch_weights(name: str) -> Path:
     from .data import network_available
 
     weights = get_weight(_check_backbone(name).weights)
-    if weights_cached(name):
+    if weights_intact(name):
         return weights_file(name)
+    if weights_cached(name):
+        # torch.hub never re-downloads a file that exists, so a bad copy must go first.
+        print(f"{weights_file(name)} fails its checksum (interrupted copy?): downloading again")
+        weights_file(name).unlink()
     if not network_available("download.pytorch.org"):
         raise WeightsUnavailableError(
             f"ImageNet weights for {name} are not in {weights_file(name).parent} and there is "
@@ -221,7 +245,14 @@ def create_backbone(name: str, num_classes: int, pretrained: bool = True,
     if pretrained:
         if not weights_cached(name):
             fetch_weights(name)
-        state = torch.load(weights_file(name), map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(weights_file(name), map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:
+            # A truncated copy or not a checkpoint at all.
+            raise WeightsUnavailableError(
+                f"{weights_file(name)} cannot be read ({type(exc).__name__}); run "
+                f"`tl-course fetch {name}` to download it again"
+            ) from None
         model.load_state_dict(state)
     blocks, dim = spec.split(model)
     pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())

@@ -35,17 +35,29 @@ EUROSAT_HOST = "huggingface.co"
 STANDIN_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 
 
+EUROSAT_IMAGES = 27_000
+
+
 def eurosat_cached(root: Path) -> bool:
     """True when torchvision's EuroSAT folder is in `root`."""
     return (root / "eurosat" / "2750").is_dir()
+
+
+def eurosat_intact(root: Path) -> bool:
+    """True when all 27,000 EuroSAT images are there (the zip's MD5 was checked on download)."""
+    folder = root / "eurosat" / "2750"
+    return folder.is_dir() and sum(1 for _ in folder.glob("*/*.jpg")) == EUROSAT_IMAGES
 
 
 def fetch_eurosat(root: Path) -> Path:
     """Download EuroSAT into `root` via torchvision (checksum-verified), atomically."""
     from torchvision.datasets import EuroSAT
 
-    if eurosat_cached(root):
+    if eurosat_intact(root):
         return root / "eurosat"
+    if eurosat_cached(root):
+        print(f"EuroSAT in {root / 'eurosat'} is incomplete (interrupted copy?): "
+              "downloading it again")
     if not _data.network_available(EUROSAT_HOST):
         raise DataUnavailableError(
             f"EuroSAT is not in {root / 'eurosat'} and there is no network to download it. "
