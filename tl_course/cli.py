@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from .data import (
     UnknownDatasetError,
     data_dir,
 )
-from .device import DeviceError, environment_summary, get_device, versions
+from .device import DeviceError, get_device, versions
 from .models import (
     BACKBONES,
     WeightsUnavailableError,
@@ -212,18 +211,10 @@ def torch_hub_dir() -> str:
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
-    device = get_device()
-    profile = get_profile()
-    print(environment_summary(device, profile.name))
-    root = data_dir()
-    origin = "TL_COURSE_DATA" if os.environ.get("TL_COURSE_DATA") else "default"
-    print(f"data cache ({origin}): {root}")
-    for name, state in cache_status(root).items():
-        hint = "" if state == "cached" else f"  -> tl-course fetch {name}"
-        print(f"  {name:20s} {state}{hint}")
-    probe = root if root.exists() else Path.home()
-    free_gb = shutil.disk_usage(probe).free / 2**30
-    print(f"free disk at {probe}: {free_gb:.1f} GB")
+    from .doctor import report
+
+    lines, _ = report(cache_status)
+    print("\n".join(lines))
     return 0
 
 

@@ -1,0 +1,113 @@
+"""`tl-course doctor`: what a teacher checks first, each problem with its fix."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from .data import data_dir
+from .device import DeviceError, environment_summary, get_device, gpu_info
+from .profile import ProfileError, get_profile
+
+MIN_FREE_GB = 2.0
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of the report: ok or not, what was found, and the fix when not ok."""
+
+    ok: bool
+    what: str
+    fix: str = ""
+
+    def line(self) -> str:
+        mark = "ok " if self.ok else "!! "
+        return mark + self.what + ("" if self.ok or not self.fix else f"  -> {self.fix}")
+
+
+def check_versions(package: str = "tl-course") -> list[Check]:
+    """Installed versions of the course's dependencies against the ranges it declares."""
+    from packaging.requirements import Requirement
+
+    checks = []
+    for spec in metadata.requires(package) or []:
+        req = Requirement(spec)
+        if req.marker is not None:  # extras such as [dev]
+            continue
+        try:
+            installed = metadata.version(req.name)
+        except metadata.PackageNotFoundError:
+            checks.append(Check(False, f"{req.name} is not installed",
+                                f'pip install "{req}"'))
+            continue
+        ok = req.specifier.contains(installed, prereleases=True)
+        checks.append(Check(ok, f"{req.name} {installed} (needs {req.specifier or 'any'})",
+                            f'pip install "{req}"'))
+    return checks
+
+
+def check_device() -> Check:
+    try:
+        device = get_device()
+    except DeviceError as exc:
+        return Check(False, f"device: {exc}", "unset TL_COURSE_DEVICE or fix its value")
+    info = gpu_info(device)
+    if info:
+        return Check(True, f"device {device}: {info['gpu']}, {info['gpu_memory_gb']} GB")
+    return Check(True, f"device {device} (no GPU: the cpu profile is the one to use)")
+
+
+def check_profile() -> Check:
+    try:
+        profile = get_profile()
+    except ProfileError as exc:
+        return Check(False, f"profile: {exc}", "set TL_COURSE_PROFILE to smoke, cpu or gpu")
+    return Check(True, f"profile {profile.name} would be used")
+
+
+def check_widgets() -> Check:
+    try:
+        import ipywidgets
+
+        ipywidgets.Button()  # constructing one needs a working comm layer's classes
+        lab = metadata.version("jupyterlab_widgets")
+    except Exception as exc:  # any failure here means the panels will not render
+        return Check(False, f"ipywidgets not working ({type(exc).__name__}: {exc})",
+                     'pip install "ipywidgets>=7.7" jupyterlab_widgets')
+    return Check(True, f"ipywidgets {ipywidgets.__version__} with jupyterlab_widgets {lab}")
+
+
+def check_disk(path: Path) -> Check:
+    probe = path if path.exists() else Path.home()
+    free = shutil.disk_usage(probe).free / 2**30
+    return Check(free >= MIN_FREE_GB, f"free disk at {probe}: {free:.1f} GB",
+                 f"free at least {MIN_FREE_GB:g} GB for datasets and weights")
+
+
+def check_caches(status: Callable[[Path], dict[str, str]], root: Path) -> list[Check]:
+    """Cached items are ok; missing or corrupt ones name their fetch command."""
+    return [Check(state == "cached", f"{name}: {state}", f"tl-course fetch {name}")
+            for name, state in status(root).items()]
+
+
+def report(status: Callable[[Path], dict[str, str]]) -> tuple[list[str], int]:
+    """All report lines and the number of problems (missing caches count as problems:
+    a classroom should fetch them before going offline)."""
+    root = data_dir()
+    lines = []
+    try:
+        lines.append(environment_summary(get_device(), get_profile().name))
+    except (DeviceError, ProfileError):
+        pass  # the checks below say what is wrong
+    checks = [check_device(), check_profile(), *check_versions(), check_widgets(),
+              check_disk(root)]
+    lines += [c.line() for c in checks]
+    lines.append(f"data cache: {root}")
+    cache_checks = check_caches(status, root)
+    lines += ["  " + c.line() for c in cache_checks]
+    problems = sum(not c.ok for c in checks + cache_checks)
+    lines.append(f"{problems} problem(s)" if problems else "all good")
+    return lines, problems
