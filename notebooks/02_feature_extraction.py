@@ -220,6 +220,11 @@ efficiency = tlc.transfer.label_efficiency(source_cnn, target, ks, seeds, device
 print(f"{len(seeds)} seed(s), {profile.small_steps} steps per run\n")
 print(tlc.transfer.results_table(efficiency))
 
+# %% [markdown]
+# The transfer curves are smooth; the scratch curve is noisy and its spread over seeds wide:
+# a network starting from random weights is far from done after this budget, and which k
+# images it happens to see matters a lot. That fragility is part of what transfer removes.
+
 # %%
 tlc.plots.plot_label_efficiency(efficiency)
 plt.title("digits 5-9: transfer from a 0-4 model")
