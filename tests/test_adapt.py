@@ -1,0 +1,242 @@
+"""Domain adaptation: gradient reversal, CORAL, AdaBN, the paired loader and DANN through fit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import tl_course as tlc
+from tl_course.adapt import (
+    DANN,
+    DomainDiscriminator,
+    GradientReversal,
+    PairedLoader,
+    adapt_batchnorm,
+    coral_loss,
+    coral_step,
+    dann_lambda,
+    dann_step,
+    domain_adversarial_loss,
+    grad_reverse,
+    oracle_step,
+    source_only_step,
+)
+from tl_course.train import StepContext
+
+
+def _rgb_digits(n: int, seed: int, shift: float = 0.0) -> TensorDataset:
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.rand(n, 3, 28, 28, generator=gen) + shift).clamp(0, 1)
+    return TensorDataset(x, torch.arange(n) % 10)
+
+
+def _paired(cpu, n_s: int = 32, n_t: int = 16, batch: int = 8) -> PairedLoader:
+    source = tlc.make_loader(_rgb_digits(n_s, 0), batch, cpu, shuffle=True)
+    target = tlc.make_loader(_rgb_digits(n_t, 1, shift=0.3), batch, cpu, shuffle=True)
+    return PairedLoader(source, target)
+
+
+# ----------------------------------------------------------------- gradient reversal
+
+
+@pytest.mark.parametrize("coeff", [0.0, 0.37, 1.0, 2.5])
+def test_gradient_reversal_is_identity_forward_and_minus_lambda_backward(coeff):
+    x = torch.randn(5, 7, requires_grad=True)
+    incoming = torch.randn(5, 7)
+    y = grad_reverse(x, coeff)
+    assert torch.equal(y, x)
+    y.backward(incoming)
+    assert torch.equal(x.grad, -coeff * incoming)
+
+
+def test_gradient_reversal_module_uses_its_coeff():
+    layer = GradientReversal(0.5)
+    x = torch.ones(3, requires_grad=True)
+    (layer(x) * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+    assert torch.equal(x.grad, torch.tensor([-0.5, -1.0, -1.5]))
+
+
+def test_dann_lambda_schedule():
+    assert dann_lambda(0.0) == 0.0
+    assert dann_lambda(0.5) == pytest.approx(2 / (1 + np.exp(-5)) - 1)
+    assert 0.999 < dann_lambda(1.0) < 1.0
+    values = [dann_lambda(p / 10) for p in range(11)]
+    assert values == sorted(values)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        dann_lambda(1.5)
+
+
+# ----------------------------------------------------------------- CORAL
+
+
+def _coral_numpy(f_s: np.ndarray, f_t: np.ndarray) -> float:
+    d = f_s.shape[1]
+    diff = np.cov(f_s, rowvar=False) - np.cov(f_t, rowvar=False)
+    return float((diff**2).sum() / (4 * d * d))
+
+
+def test_coral_matches_a_numpy_reference():
+    rng = np.random.default_rng(0)
+    f_s = rng.normal(size=(20, 6))
+    f_t = rng.normal(loc=1.0, scale=2.0, size=(13, 6)) @ rng.normal(size=(6, 6))
+    got = coral_loss(torch.tensor(f_s, dtype=torch.float32), torch.tensor(f_t, dtype=torch.float32))
+    assert got.item() == pytest.approx(_coral_numpy(f_s, f_t), rel=1e-5)
+    same = torch.tensor(f_s, dtype=torch.float32)
+    assert coral_loss(same, same + 3.0).item() == pytest.approx(0.0, abs=1e-6)  # shift-blind
+
+
+def test_coral_rejects_bad_inputs():
+    with pytest.raises(ValueError, match="differ in size: 4 vs 5"):
+        coral_loss(torch.randn(8, 4), torch.randn(8, 5))
+    with pytest.raises(ValueError, match="2-D"):
+        coral_loss(torch.randn(8, 4, 2), torch.randn(8, 4, 2))
+    with pytest.raises(ValueError, match="at least 2"):
+        coral_loss(torch.randn(1, 4), torch.randn(8, 4))
+
+
+def test_coral_step_runs_through_fit_and_reports_the_coral_term(cpu):
+    model = tlc.models.DigitCNN(width=4, in_channels=3)
+    history = tlc.fit(model, _paired(cpu), epochs=1, device=cpu, step=coral_step(2.0),
+                      progress=False)
+    assert history.last("train_coral") > 0
+    total = history.last("train_cls_loss") + 2.0 * history.last("train_coral")
+    assert history.last("train_loss") == pytest.approx(total, rel=1e-4)
+
+
+# ----------------------------------------------------------------- AdaBN
+
+
+def test_adabn_changes_only_batchnorm_statistics(cpu):
+    torch.manual_seed(0)
+    model = tlc.models.DigitCNN(width=4, in_channels=3).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    bn = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    target = tlc.make_loader(_rgb_digits(24, 1, shift=0.4), 8, cpu)
+    adapt_batchnorm(model, target, cpu)
+    after = model.state_dict()
+    stats = {k for k in before if k.rsplit(".", 1)[-1] in
+             ("running_mean", "running_var", "num_batches_tracked")}
+    for k in before:
+        if k in stats:
+            assert not torch.equal(before[k], after[k]), k
+        else:
+            assert torch.equal(before[k], after[k]), f"{k} must not change"
+    assert not model.training and all(m.momentum == 0.1 for m in bn)  # restored
+
+
+def test_adabn_statistics_are_the_target_mean(cpu):
+    conv = nn.Conv2d(3, 2, 3)
+    model = nn.Sequential(conv, nn.BatchNorm2d(2))
+    target = _rgb_digits(30, 2)
+    adapt_batchnorm(model, tlc.make_loader(target, 10, cpu), cpu)
+    with torch.no_grad():
+        expected = conv(target.tensors[0]).mean(dim=(0, 2, 3))
+    assert torch.allclose(model[1].running_mean, expected, atol=1e-5)
+
+
+def test_adabn_bad_inputs(cpu):
+    with pytest.raises(ValueError, match="no BatchNorm"):
+        adapt_batchnorm(nn.Linear(3, 2), [torch.randn(2, 3)], cpu)
+    with pytest.raises(ValueError, match="empty"):
+        adapt_batchnorm(nn.BatchNorm1d(3), [], cpu)
+
+
+# ----------------------------------------------------------------- paired loader
+
+
+def test_paired_loader_cycles_the_target(cpu):
+    source = [(torch.full((2,), float(i)), torch.zeros(2)) for i in range(5)]
+    target = [(torch.full((2,), 10.0 + i), torch.zeros(2)) for i in range(2)]
+    pairs = list(PairedLoader(source, target))
+    assert len(pairs) == len(PairedLoader(source, target)) == 5
+    assert [int(t[0][0]) for _, t in pairs] == [10, 11, 10, 11, 10]
+    assert [int(s[0][0]) for s, _ in pairs] == [0, 1, 2, 3, 4]
+
+
+def test_paired_loader_rejects_an_empty_target(cpu):
+    empty = tlc.make_loader(_rgb_digits(3, 0), 8, cpu, drop_last=True)
+    with pytest.raises(ValueError, match="target loader is empty"):
+        PairedLoader([1, 2], empty)
+
+    def nothing():
+        yield from ()
+
+    class Endless:  # no len(): the error comes at iteration time
+        def __iter__(self):
+            return nothing()
+
+    with pytest.raises(ValueError, match="no batches"):
+        list(PairedLoader([(torch.zeros(1), torch.zeros(1))], Endless()))
+
+
+# ----------------------------------------------------------------- baselines and DANN
+
+
+def test_baseline_steps_read_the_right_domain(cpu):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 28 * 28, 10))
+    with torch.no_grad():
+        model[1].weight.zero_()
+        model[1].bias.copy_(torch.arange(10.0))  # always predicts class 9
+    source = (torch.rand(4, 3, 28, 28), torch.zeros(4, dtype=torch.long))
+    target = (torch.rand(4, 3, 28, 28), torch.full((4,), 9))
+    ctx = StepContext(cpu, training=True)
+    assert source_only_step(model, (source, target), ctx)["acc"] == 0
+    assert oracle_step(model, (source, target), ctx)["acc"] == 1
+    with pytest.raises(TypeError, match="PairedLoader"):
+        source_only_step(model, source[0], ctx)
+
+
+def test_discriminator_returns_logits_and_loss_checks_shapes():
+    disc = DomainDiscriminator(8, hidden=16)
+    f_s, f_t = torch.randn(4, 8) * 100, torch.randn(6, 8) * 100
+    logits = disc(torch.cat([f_s, f_t]))
+    assert logits.shape == (10,) and (logits.abs() > 1).any()  # not squashed into (0, 1)
+    loss, acc = domain_adversarial_loss(f_s, f_t, disc, GradientReversal(1.0))
+    assert torch.isfinite(loss) and 0 <= acc <= 1
+    with pytest.raises(ValueError, match="differ in shape"):
+        domain_adversarial_loss(f_s, torch.randn(6, 9), disc, GradientReversal(1.0))
+
+
+def test_dann_step_runs_through_fit_and_trains_the_discriminator(cpu):
+    torch.manual_seed(0)
+    model = DANN(tlc.models.DigitCNN(width=4, in_channels=3), hidden=16)
+    disc_before = [p.clone() for p in model.discriminator.parameters()]
+    feat_before = [p.clone() for p in model.backbone.blocks.parameters()]
+    history = tlc.fit(model, _paired(cpu), epochs=2, device=cpu, step=dann_step(1.0),
+                      progress=False)
+    moved = lambda before, now: any(not torch.equal(a, b)
+                                    for a, b in zip(before, now, strict=True))
+    assert moved(disc_before, model.discriminator.parameters())
+    assert moved(feat_before, model.backbone.blocks.parameters())
+    assert {"train_domain_loss", "train_domain_acc", "train_cls_loss"} <= set(history.metrics)
+    # The last step of the last epoch used the scheduled lambda (progress 7/8 of the way).
+    assert model.grl.coeff == pytest.approx(dann_lambda((1 + 3 / 4) / 2))
+    assert model(torch.rand(2, 3, 28, 28)).shape == (2, 10)  # forward = class logits
+
+
+def test_dann_step_needs_a_dann_model(cpu):
+    step = dann_step()
+    with pytest.raises(TypeError, match="DANN"):
+        step(tlc.models.DigitCNN(width=4, in_channels=3), next(iter(_paired(cpu))),
+             StepContext(cpu, training=True))
+
+
+# ----------------------------------------------------------------- exercise checks
+
+
+def test_exercise_checks_accept_solutions_and_never_raise(capsys):
+    ex = tlc.exercises
+    assert ex.check_reverse_grad(grad_reverse)
+    assert ex.check_dann_schedule(dann_lambda)
+    assert ex.check_coral_fn(coral_loss)
+    assert ex.check_gap_closed(0.5, 0.2, 0.5, 0.8)
+    assert not ex.check_reverse_grad(lambda x, lam: x)  # gradient not reversed
+    assert not ex.check_dann_schedule(lambda p: p)
+    assert not ex.check_coral_fn(lambda f_s, f_t: 1 / 0)  # learner bug -> feedback
+    assert not ex.check_gap_closed(50, 0.2, 0.5, 0.8)
+    assert not ex.check_coral_fn(...)
+    out = capsys.readouterr().out
+    assert "percentage" in out and "ZeroDivisionError" in out and "[todo]" in out
