@@ -28,6 +28,22 @@ setup() {
   fi
 }
 
+# The slide and JupyterLab tests drive a real headless Chromium and build reveal.js from
+# npm. On Debian / Ubuntu as root (CI) they are installed here; elsewhere we say what to do.
+browser_deps() {
+  local missing=()
+  [ -x "${TL_COURSE_CHROMIUM:-/usr/bin/chromium}" ] || missing+=(chromium)
+  command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing ${missing[*]} for the browser tests ..."
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "note: the slide / JupyterLab tests need ${missing[*]} (e.g. sudo apt-get install ${missing[*]};" \
+         "or set TL_COURSE_CHROMIUM=/path/to/chromium); without them those tests fail." >&2
+  fi
+}
+
 case "${1:-}" in
   lab)
     setup
@@ -36,6 +52,7 @@ case "${1:-}" in
     ;;
   test)
     setup
+    browser_deps
     shift
     # Smoke profile: seconds per notebook, offline. One thread per worker so two
     # notebook kernels on two cores do not fight; loadscope keeps a notebook on one worker.

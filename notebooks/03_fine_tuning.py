@@ -89,12 +89,12 @@ def start_model():
     return copy.deepcopy(source_cnn).reset_head(5)
 
 
-def run(model, lr=1e-3, n_epochs=epochs, loader=train_loader, **fit_kwargs):
+def run(model, lr=1e-3, n_epochs=epochs, loader=train_loader, val=val_loader, **fit_kwargs):
     """Fit, then return (history, seconds, validation accuracy)."""
     start = time.perf_counter()
-    history = tlc.fit(model, loader, val_loader, epochs=n_epochs, device=device, lr=lr,
+    history = tlc.fit(model, loader, val, epochs=n_epochs, device=device, lr=lr,
                       progress=profile.progress, **fit_kwargs)
-    return history, time.perf_counter() - start, tlc.accuracy(model, val_loader, device)
+    return history, time.perf_counter() - start, tlc.accuracy(model, val, device)
 
 
 # %%
@@ -211,7 +211,8 @@ for bn in ["frozen", "train"]:
     model = start_model()
     tlc.models.set_trainable(model, ["block2"], bn=bn)
     tiny_batches = tlc.make_loader(small, 8, device, shuffle=True)
-    bn_runs[bn] = run(model, loader=tiny_batches)
+    same_steps = tlc.transfer.steps_to_epochs(len(small), 8, 2 * profile.small_steps)
+    bn_runs[bn] = run(model, loader=tiny_batches, n_epochs=same_steps)
     print(f"BatchNorm {bn:6s} in frozen block1: acc {bn_runs[bn][2]:.3f}")
 
 # %% [markdown]
@@ -223,7 +224,9 @@ for bn in ["frozen", "train"]:
 
 # %%
 tiny = tlc.data.per_class_subset(target.train, 5, seed=0)
-tiny_epochs = tlc.transfer.steps_to_epochs(len(tiny), 16, 3 * profile.small_steps)
+tiny_epochs = tlc.transfer.steps_to_epochs(len(tiny), 16, 2 * profile.small_steps)
+# Validating every epoch on all test digits would cost more than the training itself.
+tiny_val = tlc.make_loader(tlc.data.subset(target.test, 250, seed=0), 250, device)
 regimes = {
     "plain": dict(data=tiny, dropout=0.0, wd=0.0),
     "augmentation": dict(data=tlc.data.TransformDataset(tiny, tlc.data.digit_augmentation()),
@@ -235,7 +238,7 @@ for name, cfg in regimes.items():
     model = start_model()
     model.head[0].p = cfg["dropout"]  # the head is Dropout -> Linear
     loader = tlc.make_loader(cfg["data"], 16, device, shuffle=True)
-    regime_runs[name] = run(tlc.models.unfreeze_all(model), loader=loader,
+    regime_runs[name] = run(tlc.models.unfreeze_all(model), loader=loader, val=tiny_val,
                             n_epochs=tiny_epochs, weight_decay=cfg["wd"])
     print(f"{name:24s} acc {regime_runs[name][2]:.3f}")
 

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 from matplotlib.axes import Axes
+from matplotlib.ticker import MaxNLocator
 
 
 def _axis(ax: Axes | None, figsize: tuple[float, float] = (5, 3.5)) -> Axes:
@@ -34,6 +35,7 @@ def plot_history(
             ax.plot(range(1, len(values) + 1), values, style, marker="o", ms=3,
                     label=f"{prefix}{split}")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no "epoch 1.5"
     ax.set_ylabel(metric)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
