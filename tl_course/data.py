@@ -127,23 +127,37 @@ def fetch_mnist(root: Path) -> Path:
             f"Run `{fetch_command('mnist')}` on a machine with internet and copy its cache "
             f"folder here (or point {DATA_ENV} at a copy)."
         )
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".mnist-", dir=root))
-    try:
+
+    def download(tmp: Path) -> Path:
         MNIST(str(tmp), train=True, download=True)
         MNIST(str(tmp), train=False, download=True)
-        target = root / "MNIST"
-        if target.exists():  # an incomplete earlier copy
+        return tmp / "MNIST"
+
+    return download_atomic(root / "MNIST", "mnist", download)
+
+
+def download_atomic(target: Path, name: str, download: Callable[[Path], Path]) -> Path:
+    """Download into a temporary folder beside `target`, then rename the result into place.
+
+    `download(tmp)` fetches into `tmp` and returns the folder to keep. An interrupted or
+    failed download leaves nothing behind; errors become one DataUnavailableError that
+    names the fetch command for `name`.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        result = download(tmp)
+        if target.exists():  # an incomplete or corrupt earlier copy
             shutil.rmtree(target)
-        (tmp / "MNIST").rename(target)
+        result.rename(target)
     except Exception as exc:  # network errors come as URLError, RuntimeError, OSError
         raise DataUnavailableError(
-            f"downloading MNIST into {root} failed ({type(exc).__name__}: {exc}). "
-            f"Retry `{fetch_command('mnist')}` when the network is back."
+            f"downloading {name} into {target.parent} failed ({type(exc).__name__}: {exc}). "
+            f"Retry `{fetch_command(name)}` when the network is back."
         ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return root / "MNIST"
+    return target
 
 
 def _images_to_tensor(images: np.ndarray | torch.Tensor, scale: float) -> torch.Tensor:

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from .data import DigitsData, data_dir, load_digits
 from .profile import Profile
+from .train import save_atomic
 
 CANVAS = 36
 SHIFT = 6
@@ -228,18 +227,6 @@ def _digest(digits: DigitsData, params: tuple) -> str:
     return h.hexdigest()[:16]
 
 
-def _save_atomic(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _pack(ds: MultiTaskDataset) -> dict[str, torch.Tensor]:
     out = {"images": (ds.images * 255).round().to(torch.uint8)}
     out.update({f"label_{t}": y for t, y in ds.labels.items()})
@@ -272,7 +259,7 @@ def build_multimnist(digits: DigitsData, seed: int = 0, train_pairs: int | None 
     # A different stream for the test pairs, so they are not the train pairing replayed.
     test = make_pairs(*digits.test.tensors, pairs_per_image=k_test, seed=seed + 1_000_003)
     if cache:
-        _save_atomic({"train": _pack(train), "test": _pack(test)}, path)
+        save_atomic({"train": _pack(train), "test": _pack(test)}, path)
     return MultiMNIST(train, test, dict(TASKS), source, path if cache else None)
 
 

@@ -12,8 +12,6 @@ with one notice naming the fetch commands.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,23 +61,13 @@ def fetch_eurosat(root: Path) -> Path:
             f"EuroSAT is not in {root / 'eurosat'} and there is no network to download it. "
             f"Run `{fetch_command('eurosat')}` on a machine with internet and copy the cache."
         )
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".eurosat-", dir=root))
-    try:
+
+    def download(tmp: Path) -> Path:
         EuroSAT(str(tmp), download=True)
         (tmp / "eurosat" / "EuroSAT.zip").unlink(missing_ok=True)  # 94 MB, extracted already
-        target = root / "eurosat"
-        if target.exists():
-            shutil.rmtree(target)
-        (tmp / "eurosat").rename(target)
-    except Exception as exc:  # network errors come in several types
-        raise DataUnavailableError(
-            f"downloading EuroSAT failed ({type(exc).__name__}: {exc}); retry "
-            f"`{fetch_command('eurosat')}`"
-        ) from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root / "eurosat"
+        return tmp / "eurosat"
+
+    return _data.download_atomic(root / "eurosat", "eurosat", download)
 
 
 def load_eurosat(root: Path, transform, per_class_train: int, per_class_test: int,
