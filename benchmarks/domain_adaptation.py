@@ -37,12 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--target", default="mnist_m", choices=TARGETS)
-    parser.add_argument("--epochs", type=int, help="default: the profile's epochs")
+    parser.add_argument("--epochs", type=int, help="default: the recipe's epochs for the profile")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench")
     args = parser.parse_args(argv)
     profile, device = get_profile(args.profile), get_device()
-    epochs = args.epochs or profile.epochs
     recipe = Recipe()
+    epochs = args.epochs or recipe.epochs(profile)
     acc: dict[str, list[float]] = {m: [] for m in METHODS}
     start = time.perf_counter()
     for seed in args.seeds:

@@ -240,3 +240,42 @@ def test_exercise_checks_accept_solutions_and_never_raise(capsys):
     assert not ex.check_coral_fn(...)
     out = capsys.readouterr().out
     assert "percentage" in out and "ZeroDivisionError" in out and "[todo]" in out
+
+
+# ----------------------------------------------------------------- network and recipe
+
+
+def test_ganin_cnn_standardises_each_image_and_gives_768_features():
+    from tl_course.adapt import GaninCNN, Standardize
+
+    x = torch.rand(4, 3, 28, 28) * 0.3 + 0.5
+    z = Standardize()(x)
+    assert torch.allclose(z.mean(dim=(1, 2, 3)), torch.zeros(4), atol=1e-5)
+    assert torch.allclose(z.std(dim=(1, 2, 3)), torch.ones(4), atol=1e-3)
+    model = GaninCNN(10).eval()
+    assert model.features(x).shape == (4, 768) and model(x).shape == (4, 10)
+    # Per-image standardisation: a brightness/contrast change of the input changes nothing.
+    assert torch.allclose(model(x), model(2 * x + 0.1), atol=1e-4)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in GaninCNN(batchnorm=False).modules())
+
+
+def test_discriminator_is_ganins_fc100_to_1_without_batchnorm():
+    disc = DomainDiscriminator(768)
+    assert [m.out_features for m in disc if isinstance(m, nn.Linear)] == [100, 1]
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in disc.modules())
+
+
+def test_recipe_anneals_the_learning_rate_like_ganin():
+    from tl_course.adapt import Recipe
+
+    recipe = Recipe()
+    opt, sched = recipe.optimizer(recipe.model(), epochs=10)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(recipe.lr)
+    assert lrs[5] == pytest.approx(recipe.lr / (1 + 10 * 0.5) ** 0.75)
+    assert all(a > b for a, b in zip(lrs[:-1], lrs[1:], strict=True))
+    assert recipe.epochs(tlc.get_profile("cpu")) > tlc.get_profile("cpu").epochs

@@ -7,6 +7,7 @@ One small file per method (tllib-style), all trained through `tlc.fit` with a st
 - `coral`: coral_loss, coral_step (Deep CORAL);
 - `grl`: the gradient reversal layer and DANN's lambda schedule;
 - `dann`: DomainDiscriminator, DANN, dann_step;
+- `nets`: GaninCNN, the DANN paper's digit network (with per-image standardisation);
 - `recipes`: one call per method with the course's settings (notebook widget, benchmark).
 """
 
@@ -16,11 +17,13 @@ from .coral import coral_loss, coral_step, covariance
 from .dann import DANN, DomainDiscriminator, dann_step, domain_adversarial_loss
 from .grl import GradientReversal, GradientReverseFunction, dann_lambda, grad_reverse
 from .loader import PairedLoader, paired
+from .nets import GaninCNN, Standardize
 from .recipes import METHODS, Recipe, run_method
 
 __all__ = [
-    "DANN", "METHODS", "DomainDiscriminator", "GradientReversal", "GradientReverseFunction",
+    "DANN", "METHODS", "DomainDiscriminator", "GaninCNN", "GradientReversal",
+    "GradientReverseFunction",
     "PairedLoader", "Recipe", "adapt_batchnorm", "batchnorm_layers", "coral_loss", "coral_step",
     "covariance", "dann_lambda", "dann_step", "domain_adversarial_loss", "grad_reverse",
-    "oracle_step", "paired", "run_method", "source_only_step",
+    "oracle_step", "paired", "run_method", "source_only_step", "Standardize",
 ]

@@ -23,16 +23,15 @@ from .grl import GradientReversal, dann_lambda
 class DomainDiscriminator(nn.Sequential):
     """MLP from features (n, in_features) to one logit per example: source (1) vs target (0).
 
+    Ganin et al.'s domain classifier for digits: FC `hidden` (100) -> ReLU -> FC 1, no
+    BatchNorm. A stronger one (wider, deeper, with BatchNorm) wins the game too easily on
+    a few thousand images, and its reversed gradient then wrecks the features.
     It returns logits, not probabilities: BCEWithLogits on logits is numerically safe,
     also under mixed precision, where a sigmoid followed by a log is not.
     """
 
-    def __init__(self, in_features: int, hidden: int = 256):
-        super().__init__(
-            nn.Linear(in_features, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
-            nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
-            nn.Linear(hidden, 1),
-        )
+    def __init__(self, in_features: int, hidden: int = 100):
+        super().__init__(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         return super().forward(f).squeeze(1)
@@ -59,7 +58,7 @@ class DANN(nn.Module):
     with dann_step also trains `discriminator` (both are in .parameters()).
     """
 
-    def __init__(self, backbone: nn.Module, hidden: int = 256):
+    def __init__(self, backbone: nn.Module, hidden: int = 100):
         super().__init__()
         features_and_head(backbone)  # fail early on a model without features / head
         self.backbone = backbone
