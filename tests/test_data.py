@@ -12,7 +12,6 @@ from tl_course.data import (
     DigitsData,
     TransformDataset,
     UnknownDatasetError,
-    cached_datasets,
     data_dir,
     digit_augmentation,
     fetch_command,
@@ -193,10 +192,8 @@ def test_load_mnist_defaults_to_data_dir(monkeypatch, data_root, mnist_writer):
 def test_mnist_cached_needs_all_four_files(fake_mnist):
     root, _ = fake_mnist
     assert mnist_cached(root)
-    assert cached_datasets(root) == {"mnist": True}
     (root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").unlink()
     assert not mnist_cached(root)
-    assert cached_datasets(root) == {"mnist": False}
 
 
 def test_fetch_offline_raises_with_fix(data_root):

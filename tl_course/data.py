@@ -296,12 +296,6 @@ def load_digits(name: str, profile: Profile, root: Path | None = None) -> Digits
     return LOADERS[name](profile, root)
 
 
-def cached_datasets(root: Path | None = None) -> dict[str, bool]:
-    """For each downloadable dataset, whether it is in the cache."""
-    root = data_dir() if root is None else root
-    return {"mnist": mnist_cached(root)}
-
-
 # --------------------------------------------------------------------------- subsets, loaders
 
 

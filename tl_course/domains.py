@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -214,21 +213,12 @@ def _fetch(name: str, root: Path, cached: Callable[[Path], bool],
             f"Run `{fetch_command(name)}` on a machine with internet and copy its cache folder "
             f"here (or point {DATA_ENV} at a copy)."
         )
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
-    try:
+
+    def into(tmp: Path) -> Path:
         download(str(tmp))
-        if target.exists():  # an incomplete earlier copy
-            shutil.rmtree(target)
-        tmp.rename(target)
-    except Exception as exc:  # network errors come as URLError, RuntimeError, OSError
-        raise DataUnavailableError(
-            f"downloading {name.upper()} into {root} failed ({type(exc).__name__}: {exc}). "
-            f"Retry `{fetch_command(name)}` when the network is back."
-        ) from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+        return tmp
+
+    return _data.download_atomic(target, name, into)
 
 
 def fetch_usps(root: Path) -> Path:
@@ -340,9 +330,3 @@ def load_domains(target: str, profile: Profile, root: Path | None = None,
         target_data = DigitsData("uci_digits", to_rgb(uci.train), to_rgb(uci.test), uci.source)
     assert target_data is not None  # every name in TARGETS is handled above
     return DomainPair(source, target_data)
-
-
-def domains_cached(root: Path | None = None) -> dict[str, bool]:
-    """For each downloadable target domain, whether it is in the cache."""
-    root = _data.data_dir() if root is None else Path(root)
-    return {"usps": usps_cached(root), "svhn": svhn_cached(root)}
