@@ -87,7 +87,7 @@ plt.show()
 
 # %%
 source_cnn = tlc.transfer.source_model(profile, device, source)
-source_test = tlc.make_loader(source.test, 512, device)
+source_test = tlc.make_loader(source.test, profile.batch_size, device)
 print(f"source model accuracy on digits 0-4: {tlc.accuracy(source_cnn, source_test, device):.3f}")
 
 # %% [markdown]
@@ -125,7 +125,7 @@ tlc.exercises.check_frozen_body(my_frozen)
 
 # %%
 target_train = tlc.make_loader(target.train, profile.batch_size, device, shuffle=True)
-target_test = tlc.make_loader(target.test, 512, device)
+target_test = tlc.make_loader(target.test, profile.batch_size, device)
 probe_epochs = profile.scaled_epochs(10 / 3)
 
 start = time.perf_counter()
@@ -143,7 +143,7 @@ print(f"frozen body + head: {frozen_history.last('val_acc'):.3f} in {frozen_seco
 # %%
 start = time.perf_counter()
 train_features = tlc.features.extract_features(
-    source_cnn, tlc.make_loader(target.train, 512, device), device)
+    source_cnn, tlc.make_loader(target.train, profile.batch_size, device), device)
 test_features = tlc.features.extract_features(source_cnn, target_test, device)
 probe_head, probe_history = tlc.features.linear_probe(
     train_features, test_features, 5, device, epochs=probe_epochs, lr=1e-2,
