@@ -61,7 +61,7 @@ PROFILES: dict[str, Profile] = {
         progress=False,
         seeds=1,
         small_steps=10,
-        minutes={"01": 0.5, "02": 0.5, "03": 0.5, "04": 0.5, "05": 0.5},
+        minutes={"01": 0.2, "02": 0.3, "03": 0.3, "04": 0.3, "05": 0.2},
     ),
     "cpu": Profile(
         name="cpu",
@@ -75,7 +75,7 @@ PROFILES: dict[str, Profile] = {
         progress=True,
         seeds=3,
         small_steps=40,
-        minutes={"01": 3, "02": 4, "03": 4, "04": 5, "05": 4},
+        minutes={"01": 1, "02": 1.5, "03": 1.5, "04": 1.5, "05": 2},
     ),
     "gpu": Profile(
         name="gpu",
