@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import struct
 from pathlib import Path
 
@@ -133,3 +134,54 @@ def trusted_checksums(monkeypatch):
     monkeypatch.setattr(tl_course.photos, "eurosat_intact", tl_course.photos.eurosat_cached)
     monkeypatch.setattr(tl_course.models, "weights_intact", tl_course.models.weights_cached)
     monkeypatch.setattr(tl_course.cli, "weights_intact", tl_course.models.weights_cached)
+
+
+# ----------------------------------------------------------------- headless Chromium
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+def chromium_path() -> str:
+    """Debian's chromium (or TL_COURSE_CHROMIUM); fails the test with the fix when missing."""
+    path = os.environ.get("TL_COURSE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(path).exists():
+        pytest.fail("Chromium is missing: install it (Debian/Ubuntu: `apt-get install -y "
+                    "chromium`) or point TL_COURSE_CHROMIUM at a Chromium binary")
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser(request, tmp_path_factory):
+    """A Playwright context on the system Chromium (never a downloaded browser).
+
+    A test module may set BROWSER_VIEWPORT; missing Playwright or Chromium fails the test
+    with the install command instead of skipping it.
+    """
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("Playwright for Python is missing: `pip install playwright` (the system "
+                    "Chromium is used, so `playwright install` is not needed)")
+    viewport = getattr(request.module, "BROWSER_VIEWPORT", {"width": 1280, "height": 800})
+    executable = chromium_path()
+    with sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=executable,
+            headless=True, args=CHROMIUM_ARGS, viewport=viewport)
+        yield context
+        context.close()
+
+
+@pytest.fixture
+def one_error_line():
+    """Check that stderr is exactly one `tl-course: error:` line, no traceback; return it."""
+    def check(err: str) -> str:
+        lines = err.strip().splitlines()
+        assert len(lines) == 1, err
+        assert lines[0].startswith("tl-course: error:")
+        assert "Traceback" not in err
+        return lines[0]
+
+    return check

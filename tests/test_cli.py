@@ -28,75 +28,67 @@ def _notebook(path: Path, *cells: str, markdown_first: bool = False) -> Path:
     return path
 
 
-def _one_error_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("tl-course: error:")
-    assert "Traceback" not in err
-    return lines[0]
-
-
 # ----------------------------------------------------------------- input errors (no kernel)
 
 
-def test_run_bogus_profile(tmp_path, capsys):
+def test_run_bogus_profile(tmp_path, capsys, one_error_line):
     nb = _notebook(tmp_path / "x.ipynb", "1 + 1")
     assert main(["run", str(nb), "--profile", "bogus", "--out", str(tmp_path / "out")]) == 1
-    line = _one_error_line(capsys.readouterr().err)
+    line = one_error_line(capsys.readouterr().err)
     assert "bogus" in line
     for name in ("smoke", "cpu", "gpu"):
         assert name in line
     assert not (tmp_path / "out").exists()  # validated before anything ran
 
 
-def test_run_bogus_profile_from_env(tmp_path, capsys, monkeypatch):
+def test_run_bogus_profile_from_env(tmp_path, capsys, monkeypatch, one_error_line):
     monkeypatch.setenv(PROFILE_ENV, "huge")
     nb = _notebook(tmp_path / "x.ipynb", "1 + 1")
     assert main(["run", str(nb), "--out", str(tmp_path / "out")]) == 1
-    assert PROFILE_ENV in _one_error_line(capsys.readouterr().err)
+    assert PROFILE_ENV in one_error_line(capsys.readouterr().err)
 
 
-def test_run_missing_notebook(tmp_path, capsys):
+def test_run_missing_notebook(tmp_path, capsys, one_error_line):
     missing = tmp_path / "nope.ipynb"
     assert main(["run", str(missing), "--profile", "smoke", "--out", str(tmp_path)]) == 1
-    line = _one_error_line(capsys.readouterr().err)
+    line = one_error_line(capsys.readouterr().err)
     assert "not found" in line and "nope.ipynb" in line
 
 
-def test_run_checks_every_notebook_before_running_any(tmp_path, capsys):
+def test_run_checks_every_notebook_before_running_any(tmp_path, capsys, one_error_line):
     good = _notebook(tmp_path / "good.ipynb", "1 + 1")
     out = tmp_path / "out"
     assert main(["run", str(good), str(tmp_path / "missing.ipynb"), "--profile", "smoke",
                  "--out", str(out)]) == 1
-    assert "missing.ipynb" in _one_error_line(capsys.readouterr().err)
+    assert "missing.ipynb" in one_error_line(capsys.readouterr().err)
     assert not out.exists()
 
 
-def test_run_rejects_non_notebook(tmp_path, capsys):
+def test_run_rejects_non_notebook(tmp_path, capsys, one_error_line):
     script = tmp_path / "01_intro.py"
     script.write_text("print(1)\n")
     assert main(["run", str(script), "--profile", "smoke", "--out", str(tmp_path / "o")]) == 1
-    assert ".ipynb" in _one_error_line(capsys.readouterr().err)
+    assert ".ipynb" in one_error_line(capsys.readouterr().err)
 
 
-def test_fetch_bogus_lists_fetchable(capsys):
+def test_fetch_bogus_lists_fetchable(capsys, one_error_line):
     assert main(["fetch", "bogus"]) == 1
-    line = _one_error_line(capsys.readouterr().err)
+    line = one_error_line(capsys.readouterr().err)
     assert "bogus" in line and "mnist" in line
 
 
-def test_fetch_nothing_named(capsys):
+def test_fetch_nothing_named(capsys, one_error_line):
     assert main(["fetch"]) == 1
-    assert "tl-course fetch mnist" in _one_error_line(capsys.readouterr().err)
+    assert "tl-course fetch mnist" in one_error_line(capsys.readouterr().err)
 
 
-def test_fetch_offline_names_the_fix(capsys, monkeypatch, data_root):
+def test_fetch_offline_names_the_fix(capsys, monkeypatch, data_root, one_error_line):
     monkeypatch.setattr(data, "network_available", lambda *a, **k: False)
     assert main(["fetch", "mnist"]) == 1
-    line = _one_error_line(capsys.readouterr().err)
+    line = one_error_line(capsys.readouterr().err)
     assert "no network" in line and "tl-course fetch mnist" in line
     assert main(["fetch", "--all"]) == 1
-    _one_error_line(capsys.readouterr().err)
+    one_error_line(capsys.readouterr().err)
 
 
 def test_fetch_when_cached(capsys, data_root, mnist_writer, trusted_checksums):
@@ -255,9 +247,9 @@ def test_run_leaves_the_callers_environment_alone(good_run):
     assert changed == set()
 
 
-def test_failed_run_is_one_line(failed_run):
+def test_failed_run_is_one_line(failed_run, one_error_line):
     assert failed_run["code"] == 1
-    line = _one_error_line(failed_run["err"])
+    line = one_error_line(failed_run["err"])
     assert "boom" in line and "ValueError" in line
     assert "cell 2" in line and "bad.ipynb" in line
 

@@ -25,14 +25,6 @@ def _listing(out: str) -> dict[str, str]:
     return rows
 
 
-def _one_error_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("tl-course: error:")
-    assert "Traceback" not in err
-    return lines[0]
-
-
 def test_fetchables_and_cache_status_cover_everything(data_root):
     assert list(fetchables()) == list(ITEMS)
     assert all(callable(f) for f in fetchables().values())
@@ -64,18 +56,18 @@ def test_fetch_list_shows_cached_weights_and_data(
 
 
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small"])
-def test_fetch_weights_offline_is_one_line(name, capsys, offline):
+def test_fetch_weights_offline_is_one_line(name, capsys, offline, one_error_line):
     assert main(["fetch", name]) == 1
     captured = capsys.readouterr()
-    line = _one_error_line(captured.err)
+    line = one_error_line(captured.err)
     assert f"tl-course fetch {name}" in line and "no network" in line
     assert captured.out == ""
     assert not weights_file(name).exists()
 
 
-def test_fetch_eurosat_offline_is_one_line(capsys, offline, data_root):
+def test_fetch_eurosat_offline_is_one_line(capsys, offline, data_root, one_error_line):
     assert main(["fetch", "eurosat"]) == 1
-    line = _one_error_line(capsys.readouterr().err)
+    line = one_error_line(capsys.readouterr().err)
     assert "tl-course fetch eurosat" in line and "no network" in line
 
 
@@ -87,23 +79,25 @@ def test_fetch_cached_weights_is_ready(capsys, offline, trusted_checksums):
     assert f"resnet18: ready in {path}" in capsys.readouterr().out
 
 
-def test_fetch_unknown_lists_the_fetchable_ones(capsys):
+def test_fetch_unknown_lists_the_fetchable_ones(capsys, one_error_line):
     assert main(["fetch", "imagenet"]) == 1
-    line = _one_error_line(capsys.readouterr().err)
+    line = one_error_line(capsys.readouterr().err)
     assert "imagenet" in line
     for name in ITEMS:
         assert name in line
 
 
-def test_fetch_stops_before_downloading_when_one_name_is_unknown(capsys, monkeypatch):
+def test_fetch_stops_before_downloading_when_one_name_is_unknown(
+    capsys, monkeypatch, one_error_line,
+):
     called = []
     monkeypatch.setattr(tl_course.data, "network_available", lambda *a, **k: called.append(1))
     assert main(["fetch", "mnist", "bogus"]) == 1
-    assert "bogus" in _one_error_line(capsys.readouterr().err)
+    assert "bogus" in one_error_line(capsys.readouterr().err)
     assert called == []
 
 
-def test_corrupt_weights_are_listed_and_repaired(capsys, data_root, monkeypatch):
+def test_corrupt_weights_are_listed_and_repaired(capsys, data_root, monkeypatch, one_error_line):
     # A truncated copy: present, but its SHA-256 does not match the prefix in its name.
     path = tl_course.models.weights_file("resnet18")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -114,7 +108,7 @@ def test_corrupt_weights_are_listed_and_repaired(capsys, data_root, monkeypatch)
     assert main(["fetch", "resnet18"]) == 1
     captured = capsys.readouterr()
     assert "fails its checksum" in captured.out
-    assert "tl-course fetch resnet18" in _one_error_line(captured.err)
+    assert "tl-course fetch resnet18" in one_error_line(captured.err)
     assert not path.exists()
 
 

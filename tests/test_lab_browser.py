@@ -23,9 +23,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOTS = ROOT / "slides" / "_build" / "screenshots"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+BROWSER_VIEWPORT = {"width": 1400, "height": 900}  # read by the browser fixture
 # Lab settings for the test: every cell in the DOM (no virtual scrolling), no autosave,
 # no news prompt.
 LAB_SETTINGS = {
@@ -55,14 +53,6 @@ NOTEBOOK_STATE = """() => {
     errors,
   };
 }"""
-
-
-def chromium_path() -> str:
-    path = os.environ.get("TL_COURSE_CHROMIUM") or "/usr/bin/chromium"
-    if not Path(path).exists():
-        pytest.fail("Chromium is missing: install it (Debian/Ubuntu: `apt-get install -y "
-                    "chromium`) or point TL_COURSE_CHROMIUM at a Chromium binary")
-    return path
 
 
 def free_port() -> int:
@@ -116,22 +106,6 @@ def lab(tmp_path_factory):
             os.killpg(proc.pid, signal.SIGKILL)  # the group we started (kernels included)
             proc.wait()
         log.close()
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("Playwright for Python is missing: `pip install playwright` (the system "
-                    "Chromium is used, so `playwright install` is not needed)")
-    executable = chromium_path()
-    with sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=executable,
-            headless=True, args=CHROMIUM_ARGS, viewport={"width": 1400, "height": 900})
-        yield context
-        context.close()
 
 
 def run_notebook(browser, lab: str, notebook: str, timeout_s: float = 150):

@@ -9,9 +9,7 @@ Screenshots of every title slide go to slides/_build/screenshots/NN_slug.png.
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
-import shutil
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
@@ -21,9 +19,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SLIDES = ROOT / "slides"
 SCREENSHOTS = SLIDES / "_build" / "screenshots"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 MODULES = ["01", "02", "03", "04", "05"]
 
 
@@ -37,31 +32,6 @@ def _load_build():
 
 build = _load_build()
 DECKS = build.deck_sources()
-
-
-def chromium_path() -> str:
-    """Debian's chromium (or TL_COURSE_CHROMIUM); fails the test with the fix when missing."""
-    path = os.environ.get("TL_COURSE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-    if not Path(path).exists():
-        pytest.fail("Chromium is missing: install it (Debian/Ubuntu: `apt-get install -y "
-                    "chromium`) or point TL_COURSE_CHROMIUM at a Chromium binary")
-    return path
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("Playwright for Python is missing: `pip install playwright` (the system "
-                    "Chromium is used, so `playwright install` is not needed)")
-    executable = chromium_path()
-    with sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=executable,
-            headless=True, args=CHROMIUM_ARGS, viewport={"width": 1280, "height": 800})
-        yield context
-        context.close()
 
 
 @pytest.fixture(scope="module")

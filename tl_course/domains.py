@@ -18,8 +18,6 @@ more). The result is deterministic for a seed and cached under data_dir()/mnist_
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +29,7 @@ from torch.utils.data import TensorDataset
 from . import data as _data  # module access, so a patched network_available is honoured
 from .data import DATA_ENV, DataUnavailableError, DigitsData, fetch_command, load_digits
 from .profile import Profile
+from .train import save_atomic
 
 # Colour photos bundled with scikit-image (no download). Ganin et al. used BSDS500.
 PHOTO_NAMES: tuple[str, ...] = ("astronaut", "coffee", "chelsea", "rocket",
@@ -152,18 +151,6 @@ def mnist_m_cache_file(digits: torch.Tensor, seed: int, root: Path,
     return root / "mnist_m" / f"mnist_m-{h.hexdigest()[:16]}.pt"
 
 
-def _save_atomic(obj: dict[str, torch.Tensor], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def make_mnist_m(ds: TensorDataset, seed: int = 0, root: Path | None = None,
                  photo_names: Sequence[str] = PHOTO_NAMES) -> TensorDataset:
     """MNIST-M built from the grey digits of `ds` (labels kept), cached in root/mnist_m.
@@ -182,7 +169,7 @@ def make_mnist_m(ds: TensorDataset, seed: int = 0, root: Path | None = None,
             cached = None
     if cached is None or cached["images"].shape[0] != len(labels):
         images = blend_mnist_m(digits, load_photos(photo_names), seed)
-        _save_atomic({"images": images, "labels": labels.clone()}, path)
+        save_atomic({"images": images, "labels": labels.clone()}, path)
     else:
         images = cached["images"]
     return TensorDataset(images.float() / 255.0, labels.long())
