@@ -394,8 +394,8 @@ plt.show()
 # ## 7. Our numbers and the paper's
 #
 # Ganin et al. (2016, Table 2) report accuracy on MNIST-M test digits after training on
-# the **full** MNIST (60,000 digits) with the same CNN, but without BatchNorm or per-image
-# standardisation, on BSDS500 backgrounds. Ours come from this run's profile:
+# the **full** MNIST (60,000 digits) with the same CNN, but without per-image
+# standardisation (and without the BatchNorm our AdaBN row adds), on BSDS500 backgrounds. Ours come from this run's profile:
 # its training sizes and epochs are in the table's header, so compare the **ordering** and
 # the size of the gains rather than the exact values. AdaBN, CORAL and our oracle have no
 # entry of the paper quoted here.
