@@ -56,7 +56,7 @@ import torch
 import tl_course as tlc
 from tl_course import multimnist, multitask
 
-session = tlc.start("05", seed=0)
+session = tlc.start("05")  # seed: TL_COURSE_SEED (tl-course run --seed N), else 0
 device, profile = session.device, session.profile
 
 # %% [markdown]
@@ -133,7 +133,7 @@ epochs = profile.epochs
 
 def train(model, dataset, weighting="equal", weights=None, n_epochs=epochs, lr=3e-3):
     """Train `model` on `dataset` with mtl_step; return (history, {task: test acc}, s)."""
-    tlc.seed_everything(0)  # same batch order for every run
+    tlc.seed_everything(session.seed)  # same batch order for every run
     loader = tlc.make_loader(dataset, profile.batch_size, device, shuffle=True)
     opt = multitask.mtl_optimizer(model, lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, n_epochs)
@@ -148,7 +148,7 @@ def train(model, dataset, weighting="equal", weights=None, n_epochs=epochs, lr=3
 
 def fresh(num_classes, uncertainty=False):
     """A new shared model, initialised the same way whatever ran before."""
-    tlc.seed_everything(0)
+    tlc.seed_everything(session.seed)
     return multitask.multitask_cnn(num_classes, uncertainty=uncertainty)
 
 
@@ -158,7 +158,7 @@ def fresh(num_classes, uncertainty=False):
 # %%
 single_runs = {}
 for task, model in singles.items():
-    tlc.seed_everything(0)
+    tlc.seed_everything(session.seed)
     single_runs[task] = train(model, data.train)
     print(f"single {task:5s}: test accuracy {single_runs[task][1][task]:.3f} "
           f"in {single_runs[task][2]:.0f}s")
@@ -189,6 +189,12 @@ tlc.record("mtl_single_right_acc", single_runs["right"][1]["right"])
 tlc.record("mtl_shared_left_acc", shared_run[1]["left"])
 tlc.record("mtl_shared_right_acc", shared_run[1]["right"])
 tlc.record("mtl_param_ratio", ratio)
+session.claim("shared_matches_single", "The shared model is within 2 points of the single-task "
+              "models on both digits.", "abs(left_shared - left_single) <= margin and "
+              "abs(right_shared - right_single) <= margin",
+              left_shared=shared_run[1]["left"], left_single=single_runs["left"][1]["left"],
+              right_shared=shared_run[1]["right"], right_single=single_runs["right"][1]["right"],
+              margin=0.02)
 
 # %% [markdown]
 # The history keeps every task's loss and accuracy (`val_left_acc`, `val_right_acc`, ...),
@@ -253,7 +259,7 @@ print("inner products after:", (p_left @ g_right).item(), (p_right @ g_left).ite
 # quick, so compare them with each other rather than with the table above.
 
 # %%
-pool = data.train.subset(len(data.train) // 3, seed=0)
+pool = data.train.subset(len(data.train) // 3, seed=session.seed)
 weighting_runs = {
     weighting: train(fresh(tasks, uncertainty=weighting == "uncertainty"), pool,
                      weighting=weighting)
@@ -312,7 +318,7 @@ tlc.exercises.check_pcgrad_projection(project)
 
 # %%
 n_scarce = max(30, len(data.train) // 40)
-scarce = pool.keep_labels("left", n_scarce, seed=0)
+scarce = pool.keep_labels("left", n_scarce, seed=session.seed)
 print(f"{len(pool)} images, {n_scarce} with a left-digit label")
 scarce_runs = {
     "left only": train(fresh({"left": 10}), scarce),
@@ -322,6 +328,7 @@ for name, (_, acc, _) in scarce_runs.items():
     print(f"{name:13s} left-digit test accuracy {acc['left']:.3f}")
 gain = scarce_runs["left + right"][1]["left"] - scarce_runs["left only"][1]["left"]
 print(f"the auxiliary task changed left accuracy by {gain:+.3f}")
+tlc.record("mtl_aux_gain", gain)
 
 # %% [markdown]
 # Whether the extra task helps depends on how much the main task's own labels already
@@ -350,15 +357,33 @@ for name, (_, acc, _) in noise_runs.items():
     change = (acc["left"] + acc["right"] - base["left"] - base["right"]) / 2
     print(f"{name:19s} left {acc['left']:.3f}  right {acc['right']:.3f}  "
           f"mean change {change:+.3f}")
+noise_change = {name: (acc["left"] + acc["right"] - base["left"] - base["right"]) / 2
+                for name, (_, acc, _) in noise_runs.items()}
+tlc.record("mtl_noise_equal_change", noise_change["+noise equal"])
+tlc.record("mtl_noise_uncertainty_change", noise_change["+noise uncertainty"])
+tlc.record("mtl_noise_pcgrad_change", noise_change["+noise pcgrad"])
 
 # %% [markdown]
-# The learned uncertainty weights tell the story of the noise task: its loss cannot go
-# down, so weighting turns it down (an equilibrium weight is $1 / (2 L_t)$).
+# The learned uncertainty weights tell the story of the noise task. Its training loss *can*
+# go down, but only by memorising individual images (no picture predicts a random label),
+# so it falls slowly and stays the highest of the three. For a fixed loss $L_t$ the weight
+# that minimises $e^{-s_t} L_t + s_t / 2$ is $e^{-s_t} = 1 / (2 L_t)$: the task with the
+# highest loss gets the smallest weight.
 
 # %%
 unc_noise_history = noise_runs["+noise uncertainty"][0]
 learned_weights = {task: unc_noise_history.last(f"train_{task}_weight") for task in noise_tasks}
-print({task: round(w, 2) for task, w in learned_weights.items()})
+task_losses = {task: unc_noise_history.last(f"train_{task}_loss") for task in noise_tasks}
+print("weights", {task: round(w, 2) for task, w in learned_weights.items()})
+print("training losses (last epoch)", {task: round(v, 3) for task, v in task_losses.items()})
+first_noise_loss = unc_noise_history["train_noise_loss"][0]
+session.claim("noise_loss_falls_slowly", "The noise task's training loss stays the highest of "
+              "the three tasks, although it does fall.",
+              "noise > max(left, right) and first > noise", noise=task_losses["noise"],
+              left=task_losses["left"], right=task_losses["right"], first=first_noise_loss)
+session.claim("noise_turned_down", "Uncertainty weighting gives the noise task the smallest "
+              "weight.", "noise < min(left, right)", noise=learned_weights["noise"],
+              left=learned_weights["left"], right=learned_weights["right"])
 
 # %% [markdown]
 # ### Exercise 3: which task was turned down?

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from .claims import failed as failed_claims
 from .data import (
     FETCHERS,
     DataUnavailableError,
@@ -35,6 +36,7 @@ from .models import (
 from .profile import PROFILE_ENV, ProfileError, get_profile
 from .runcard import RUNCARD_ENV
 from .runcard import read as read_runcard
+from .session import SEED_ENV
 
 
 class NotebookFailed(RuntimeError):
@@ -43,6 +45,10 @@ class NotebookFailed(RuntimeError):
 
 class CLIError(RuntimeError):
     """Bad command-line input, reported as one line."""
+
+
+class ClaimsFailed(RuntimeError):
+    """`--strict`: a claim did not hold in a cpu or gpu run."""
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -71,8 +77,10 @@ def _failing_cell(nb: Any) -> tuple[int, str]:
     return 0, ""
 
 
-def run_notebook(path: Path, profile_name: str, out_dir: Path, timeout: int = 1800) -> dict:
-    """Execute one notebook with `profile_name`; write the executed copy and its run card.
+def run_notebook(path: Path, profile_name: str, out_dir: Path, timeout: int = 1800,
+                 seed: int | None = None) -> dict:
+    """Execute one notebook with `profile_name` (and `seed`, through TL_COURSE_SEED); write
+    the executed copy and its run card.
 
     Returns the run card. Raises NotebookFailed (after writing both files) when a cell fails.
     """
@@ -94,6 +102,8 @@ def run_notebook(path: Path, profile_name: str, out_dir: Path, timeout: int = 18
     # The kernel gets its own environment: that is how profile and run card reach it,
     # without changing this process's.
     kernel_env = {**os.environ, PROFILE_ENV: profile_name, RUNCARD_ENV: str(metrics_file.resolve())}
+    if seed is not None:
+        kernel_env[SEED_ENV] = str(seed)
     # OpenMP threads that wait passively keep both cores' worth of speed on an idle laptop
     # but do not spin against each other when something else is running (3-5x slower).
     kernel_env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -126,11 +136,13 @@ def run_notebook(path: Path, profile_name: str, out_dir: Path, timeout: int = 18
         "notebook": path.name,
         "status": "failed" if error else "ok",
         "profile": profile_name,
+        "seed": recorded["session"].get("seed", seed),
         "device": str(get_device(env=kernel_env)),
         "versions": versions(),
         "seconds": round(seconds, 1),
         "metrics": recorded["metrics"],
         "skipped": recorded["skipped"],
+        "claims": recorded["claims"],
     }
     if error:
         card["error"] = error
@@ -143,17 +155,32 @@ def run_notebook(path: Path, profile_name: str, out_dir: Path, timeout: int = 18
 
 def _cmd_run(args: argparse.Namespace) -> int:
     profile = get_profile(args.profile)  # validates before any kernel starts
+    if args.seed is not None and args.seed < 0:
+        raise CLIError(f"--seed must be 0 or more, got {args.seed}")
     paths = [Path(p) for p in args.notebooks]
     for p in paths:
         if not p.is_file():
             raise CLIError(f"notebook not found: {p}")
+    broken: list[str] = []
     for p in paths:
-        print(f"running {p.name} (profile {profile.name}) ...", flush=True)
-        card = run_notebook(p, profile.name, Path(args.out), args.timeout)
+        seed_note = f", seed {args.seed}" if args.seed is not None else ""
+        print(f"running {p.name} (profile {profile.name}{seed_note}) ...", flush=True)
+        card = run_notebook(p, profile.name, Path(args.out), args.timeout, seed=args.seed)
         shown = ", ".join(f"{k}={v:.4f}" for k, v in card["metrics"].items()) or "no metrics"
         print(f"  ok in {card['seconds']}s: {shown}")
         for s in card["skipped"]:
             print(f"  skipped: {s['section']} ({s['reason']})")
+        claims = card["claims"]
+        bad = failed_claims(card)
+        if claims:
+            print(f"  claims: {len(claims) - len(bad)} of {len(claims)} held"
+                  + (" (smoke: recorded, never failed)" if profile.name == "smoke" else ""))
+        for c in bad:
+            print(f"  claim failed: {c['name']}: {c['text']}")
+            broken.append(f"{p.stem}:{c['name']}")
+    if broken and args.strict:
+        raise ClaimsFailed(f"{len(broken)} claim(s) did not hold in the {profile.name} profile: "
+                           f"{', '.join(broken)} (see the run cards in {args.out})")
     return 0
 
 
@@ -236,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--profile", help="smoke, cpu or gpu (default: TL_COURSE_PROFILE or auto)")
     run.add_argument("--out", default="runs", help="folder for executed copies and run cards")
     run.add_argument("--timeout", type=int, default=1800, help="seconds allowed per cell")
+    run.add_argument("--seed", type=int, default=None,
+                     help="session seed for the notebooks (TL_COURSE_SEED; default 0)")
+    run.add_argument("--strict", action="store_true",
+                     help="exit non-zero, naming them, when claims fail (cpu / gpu profiles)")
     run.set_defaults(func=_cmd_run)
     fetch = sub.add_parser("fetch", help="download datasets into the cache (TL_COURSE_DATA)")
     fetch.add_argument("names", nargs="*", help="what to fetch (see --list)")
@@ -253,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (CLIError, ProfileError, DeviceError, UnknownDatasetError, DataUnavailableError,
-            WeightsUnavailableError, NotebookFailed) as exc:
+            WeightsUnavailableError, NotebookFailed, ClaimsFailed) as exc:
         print(f"tl-course: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

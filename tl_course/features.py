@@ -100,6 +100,24 @@ def sklearn_probe(train: Features, test: Features, c: float = 1.0, max_iter: int
     return clf, float(clf.score(test.x.numpy(), test.y.numpy()))
 
 
+def knn_accuracy(features: Features, k: int = 5) -> float:
+    """Leave-one-out k-nearest-neighbour accuracy on standardised features.
+
+    A label-free reading of a t-SNE map: how often an image's nearest neighbours in
+    feature space share its class (every feature scaled to unit variance first, so
+    random and trained features are measured alike).
+    """
+    if not 1 <= k < len(features):
+        raise ValueError(f"k must be between 1 and {len(features) - 1}, got {k}")
+    x = features.x.double()
+    x = (x - x.mean(0)) / x.std(0).clamp(min=1e-8)
+    dist = torch.cdist(x, x)
+    dist.fill_diagonal_(float("inf"))  # an image is not its own neighbour
+    neighbours = features.y[dist.topk(k, largest=False).indices]  # (N, k)
+    votes = torch.nn.functional.one_hot(neighbours, int(features.y.max()) + 1).sum(1)
+    return float((votes.argmax(1) == features.y).double().mean())
+
+
 def embed_2d(features: Features, method: str = "tsne", seed: int = 0) -> torch.Tensor:
     """2-D coordinates of the features by t-SNE or PCA (for plotting)."""
     x = features.x.numpy()

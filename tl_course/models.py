@@ -331,3 +331,21 @@ def param_groups(model: TransferModel, lr: float, decay: float = 0.5) -> list[di
     if not groups:
         raise ValueError("no trainable parameters: unfreeze something first")
     return groups
+
+
+def weight_shift(model: TransferModel, reference: TransferModel) -> dict[str, float]:
+    """How far each block's weights moved from `reference`'s: ||w - w0|| / ||w0|| per block.
+
+    Both models must have the same blocks (e.g. a fine-tuned copy and its source). The head
+    is left out: a new head has no pretrained weights to move from.
+    """
+    if list(model.blocks) != list(reference.blocks):
+        raise ValueError(f"blocks differ: {list(model.blocks)} vs {list(reference.blocks)}")
+    shift = {}
+    for name, block in model.blocks.items():
+        ref = dict(reference.blocks[name].named_parameters())
+        diff = sum(float((p.detach().cpu() - ref[n].detach().cpu()).pow(2).sum())
+                   for n, p in block.named_parameters())
+        norm = sum(float(ref[n].detach().cpu().pow(2).sum()) for n, _ in block.named_parameters())
+        shift[name] = (diff / norm) ** 0.5 if norm > 0 else float("nan")
+    return shift

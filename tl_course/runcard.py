@@ -61,7 +61,9 @@ def record_skip(section: str, reason: str, env: Mapping[str, str] | None = None)
 
 
 def read(path: str | os.PathLike) -> dict[str, Any]:
-    """What a run recorded: {"metrics": {...}, "skipped": [...]} (empty parts when none)."""
+    """What a run recorded: {"metrics": {...}, "skipped": [...], "claims": [...],
+    "session": {...}} (empty parts when none)."""
     p = Path(path)
     data = json.loads(p.read_text()) if p.exists() else {}
-    return {"metrics": data.get("metrics", {}), "skipped": data.get("skipped", [])}
+    return {"metrics": data.get("metrics", {}), "skipped": data.get("skipped", []),
+            "claims": data.get("claims", []), "session": data.get("session", {})}

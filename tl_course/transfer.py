@@ -167,17 +167,49 @@ def train_scratch(
 
 def train_finetune(
     source: TransferModel, train: TensorDataset, device: torch.device, steps: int,
-    seed: int = 0, batch_size: int = 32, num_classes: int = 5,
+    seed: int = 0, batch_size: int = 32, num_classes: int = 5, decay: float = 0.3,
 ) -> TransferModel:
-    """A copy of `source` with a new head, fine-tuned on `train` for about `steps` steps."""
+    """A copy of `source` with a new head, fine-tuned on `train` for about `steps` steps.
+
+    `decay` sets the discriminative learning rates (each earlier block `decay` times the
+    next one's); decay=1 gives every block the same learning rate.
+    """
     seed_everything(seed)
     model = copy.deepcopy(source).reset_head(num_classes)
     loader = make_loader(train, batch_size, device, shuffle=True, seed=seed)
     epochs = steps_to_epochs(len(train), batch_size, steps)
     head_epochs = max(1, epochs // 4)
     fine_tune(model, loader, None, device, epochs=max(1, epochs - head_epochs),
-              head_epochs=head_epochs)
+              head_epochs=head_epochs, decay=decay)
     return model
+
+
+METHODS = ("scratch", "probe", "finetune", "random_probe", "pixels")
+
+
+def _pixels(ds: TensorDataset) -> Features:
+    return Features(ds.tensors[0].flatten(1).float(), ds.tensors[1])
+
+
+def tune_scratch_lr(
+    train: TensorDataset,
+    val: TensorDataset,
+    device: torch.device,
+    steps: int,
+    lrs: Sequence[float] = (1e-3, 3e-3, 1e-2),
+    seeds: Sequence[int] = (0,),
+) -> tuple[float, dict[float, float]]:
+    """The scratch baseline's learning rate, chosen on a validation set (never the test set).
+
+    Returns (best lr, {lr: mean validation accuracy over seeds}).
+    """
+    val_loader = make_loader(val, EVAL_BATCH, device)
+    scores = {}
+    for lr in lrs:
+        accs = [accuracy(train_scratch(train, device, steps, seed, lr=lr), val_loader, device)
+                for seed in seeds]
+        scores[lr] = sum(accs) / len(accs)
+    return max(scores, key=scores.__getitem__), scores
 
 
 def label_efficiency(
@@ -189,15 +221,19 @@ def label_efficiency(
     steps: int,
     methods: Sequence[str] = ("scratch", "probe", "finetune"),
     progress: Callable[[str], None] | None = None,
+    scratch_lr: float = 3e-3,
 ) -> dict[str, dict[int, list[float]]]:
     """Target test accuracy by method and labels per class k, one value per seed.
 
-    scratch: a fresh CNN on the k*classes labels; probe: logistic regression on the
-    source model's features; finetune: the source model fine-tuned with fine_tune.
+    scratch: a fresh CNN on the k*classes labels (learning rate `scratch_lr`); probe:
+    logistic regression on the source model's standardised features; finetune: the
+    source model fine-tuned with fine_tune; random_probe: the same probe on a randomly
+    initialised DigitCNN (the baseline any pretraining must beat); pixels: the same
+    probe on raw pixels.
     """
-    unknown = set(methods) - {"scratch", "probe", "finetune"}
+    unknown = set(methods) - set(METHODS)
     if unknown:
-        raise ValueError(f"unknown methods {sorted(unknown)}; use scratch, probe, finetune")
+        raise ValueError(f"unknown methods {sorted(unknown)}; use {', '.join(METHODS)}")
     test_loader = make_loader(target.test, EVAL_BATCH, device)
     test_feats: Features | None = None
     results: dict[str, dict[int, list[float]]] = {m: {k: [] for k in ks} for m in methods}
@@ -205,7 +241,7 @@ def label_efficiency(
         for seed in seeds:
             train = per_class_subset(target.train, k, seed=seed)
             if "scratch" in methods:
-                model = train_scratch(train, device, steps, seed)
+                model = train_scratch(train, device, steps, seed, lr=scratch_lr)
                 results["scratch"][k].append(accuracy(model, test_loader, device))
             if "probe" in methods:
                 if test_feats is None:
@@ -213,6 +249,15 @@ def label_efficiency(
                 train_loader = make_loader(train, EVAL_BATCH, device)
                 train_feats = extract_features(source, train_loader, device)
                 results["probe"][k].append(sklearn_probe(train_feats, test_feats)[1])
+            if "random_probe" in methods:
+                seed_everything(seed)
+                random_cnn = DigitCNN(num_classes=len(TARGET_CLASSES))
+                probe = [extract_features(random_cnn, make_loader(d, EVAL_BATCH, device), device)
+                         for d in (train, target.test)]
+                results["random_probe"][k].append(sklearn_probe(*probe)[1])
+            if "pixels" in methods:
+                results["pixels"][k].append(
+                    sklearn_probe(_pixels(train), _pixels(target.test))[1])
             if "finetune" in methods:
                 model = train_finetune(source, train, device, steps, seed)
                 results["finetune"][k].append(accuracy(model, test_loader, device))
