@@ -2,6 +2,7 @@
 # tl-course: the two commands of the README.
 #   bash course.sh lab    set up .venv (first run) and open the course in JupyterLab
 #   bash course.sh test   set up .venv (first run) and run every unit test and notebook (smoke)
+#   bash course.sh claims run every notebook in the cpu profile and fail if a claim fails
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -60,8 +61,17 @@ case "${1:-}" in
     "$VENV/bin/ruff" check tl_course tests benchmarks notebooks
     exec "$VENV/bin/python" -m pytest -n 2 --dist loadscope "$@"
     ;;
+  claims)
+    setup
+    shift
+    # Each notebook once in the cpu profile (offline it uses the 5,000-digit sample), with
+    # its claims enforced. SEED picks the session seed (default 0). Two cores, one kernel.
+    export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" MPLBACKEND=Agg
+    exec "$VENV/bin/tl-course" run notebooks/[0-9][0-9]_*.ipynb --profile cpu \
+      --seed "${SEED:-0}" --strict --out runs/claims "$@"
+    ;;
   *)
-    echo "usage: bash course.sh lab | test" >&2
+    echo "usage: bash course.sh lab | test | claims" >&2
     exit 2
     ;;
 esac

@@ -197,3 +197,62 @@ def test_embed_2d_tsne_shape_and_seed():
 def test_embed_2d_unknown_method():
     with pytest.raises(ValueError, match="umap.*tsne.*pca"):
         embed_2d(_separable(), "umap")
+
+
+# ----------------------------------------------------------------- knn_accuracy
+
+
+def _knn_reference(x, y, k):
+    """Brute force, written independently: standardise, loop over points, majority vote."""
+    import numpy as np
+
+    x = x.numpy().astype(float)
+    x = (x - x.mean(0)) / x.std(0, ddof=1)
+    y = y.numpy()
+    right = 0
+    for i in range(len(x)):
+        d = ((x - x[i]) ** 2).sum(1)
+        d[i] = np.inf
+        nearest = np.argsort(d, kind="stable")[:k]
+        votes = np.bincount(y[nearest], minlength=y.max() + 1)
+        right += int(votes.argmax() == y[i])
+    return right / len(x)
+
+
+def test_knn_accuracy_matches_a_brute_force_reference():
+    from tl_course.features import knn_accuracy
+
+    gen = torch.Generator().manual_seed(0)
+    y = torch.arange(60) % 3
+    x = torch.randn(60, 5, generator=gen) + 1.5 * torch.nn.functional.one_hot(y, 5)
+    for k in (1, 3, 5):
+        assert knn_accuracy(Features(x, y), k) == pytest.approx(_knn_reference(x, y, k))
+
+
+def test_knn_accuracy_excludes_the_point_itself():
+    from tl_course.features import knn_accuracy
+
+    # Every point's class is unique among its neighbours: with itself counted it would be 1.
+    x = torch.arange(6, dtype=torch.float32).unsqueeze(1)
+    y = torch.tensor([0, 1, 0, 1, 0, 1])
+    assert knn_accuracy(Features(x, y), k=1) == 0.0
+
+
+def test_knn_accuracy_standardises_each_feature():
+    from tl_course.features import knn_accuracy
+
+    gen = torch.Generator().manual_seed(1)
+    y = torch.arange(40) % 2
+    informative = y.float().unsqueeze(1) + 0.1 * torch.randn(40, 1, generator=gen)
+    noise = torch.randn(40, 1, generator=gen)
+    # A huge scale on the noise would swamp the informative feature without standardising.
+    x = torch.cat([informative, 1000 * noise], 1)
+    assert knn_accuracy(Features(x, y), k=3) == pytest.approx(
+        knn_accuracy(Features(torch.cat([informative, noise], 1), y), k=3))
+
+
+def test_knn_accuracy_rejects_bad_k():
+    from tl_course.features import knn_accuracy
+
+    with pytest.raises(ValueError, match="k must be"):
+        knn_accuracy(Features(torch.zeros(4, 2), torch.zeros(4).long()), k=4)

@@ -222,3 +222,32 @@ def test_pretrained_weights_load_from_the_torchvision_cache(torch_home):
 def test_fetch_weights_offline(torch_home):
     with pytest.raises(WeightsUnavailableError, match="no network"):
         models.fetch_weights("resnet18")
+
+
+# ----------------------------------------------------------------- weight_shift
+
+
+def test_weight_shift_is_relative_l2_per_block():
+    import copy
+
+    torch.manual_seed(0)
+    ref = models.DigitCNN(num_classes=5, width=4)
+    moved = copy.deepcopy(ref)
+    with torch.no_grad():
+        for p in moved.blocks["block2"].parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        moved.head[-1].weight.add_(5.0)  # the head is not a block: ignored
+    shift = models.weight_shift(moved, ref)
+    assert set(shift) == set(ref.blocks)
+    assert shift["block1"] == 0.0
+    # Independent reference: flatten every parameter of the block.
+    flat = lambda m: torch.cat([p.detach().flatten() for p in m.blocks["block2"].parameters()])
+    expected = float((flat(moved) - flat(ref)).norm() / flat(ref).norm())
+    assert shift["block2"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_weight_shift_needs_the_same_blocks():
+    a = models.DigitCNN(num_classes=5, width=4)
+    b = models.create_backbone("resnet18", 5, pretrained=False)
+    with pytest.raises(ValueError, match="blocks differ"):
+        models.weight_shift(a, b)

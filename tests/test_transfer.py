@@ -242,3 +242,104 @@ def test_results_table():
     assert lines[2] == "| 1 | 0.400 ± 0.200 | 0.800 ± 0.141 |"
     assert lines[3] == "| 5 | 0.500 ± 0.000 | 0.800 ± 0.000 |"
     assert len(lines) == 4
+
+
+# ----------------------------------------------------------------- baselines any transfer must beat
+
+
+def _separable_digits(n_train: int, n_test: int, seed: int = 0) -> DigitsData:
+    """5 classes whose class lights one pixel row: raw pixels separate them perfectly."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def make(n: int) -> TensorDataset:
+        y = torch.arange(n) % 5
+        x = 0.1 * torch.rand(n, 1, 28, 28, generator=gen)
+        x[torch.arange(n), 0, 4 * y + 2, :] = 1.0
+        return TensorDataset(x, y)
+
+    return DigitsData("separable", make(n_train), make(n_test), "synthetic test digits")
+
+
+def test_pixels_probe_is_logistic_regression_on_raw_pixels(cpu):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    target = _random_digits(40, 30, seed=3)
+    results = label_efficiency(DigitCNN(num_classes=5, width=4), target, ks=[3], seeds=[0],
+                               device=cpu, steps=1, methods=("pixels",))
+    # Reference computed here: the same 3 per class, the same standardised logistic regression.
+    from tl_course.data import per_class_subset
+
+    train = per_class_subset(target.train, 3, seed=0)
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    clf.fit(train.tensors[0].flatten(1).numpy(), train.tensors[1].numpy())
+    expected = clf.score(target.test.tensors[0].flatten(1).numpy(), target.test.tensors[1].numpy())
+    assert results["pixels"][3] == [pytest.approx(expected)]
+
+
+def test_random_probe_ignores_the_source_and_is_seeded(cpu):
+    target = _separable_digits(30, 20)
+    a, b = (DigitCNN(num_classes=5, width=4) for _ in range(2))
+    with torch.no_grad():
+        b.blocks["block1"][0].weight.mul_(-3.0)  # a different source must not matter
+    run = lambda src: label_efficiency(src, target, ks=[2], seeds=[0, 1], device=cpu, steps=1,
+                                       methods=("random_probe",))["random_probe"][2]
+    first = run(a)
+    assert first == run(b)  # the source model plays no part in the random-init baseline
+    assert all(0.0 <= v <= 1.0 for v in first)
+
+
+def test_scratch_lr_reaches_train_scratch(cpu, monkeypatch):
+    import tl_course.transfer as transfer
+
+    seen = []
+    real = transfer.train_scratch
+    monkeypatch.setattr(transfer, "train_scratch",
+                        lambda *a, **kw: seen.append(kw.get("lr")) or real(*a, **kw))
+    label_efficiency(DigitCNN(num_classes=5, width=4), _random_digits(10, 10), ks=[1],
+                     seeds=[0], device=cpu, steps=1, methods=("scratch",), scratch_lr=0.0123)
+    assert seen == [0.0123]
+
+
+def test_tune_scratch_lr_picks_the_best_on_validation(cpu, monkeypatch):
+    import tl_course.transfer as transfer
+
+    target = _separable_digits(30, 30)
+    # Fake training: the "model" of lr 3e-3 reads the class off the image, the others never.
+    class Reader(torch.nn.Module):
+        def __init__(self, right: bool):
+            super().__init__()
+            self.right = right
+
+        def forward(self, x):
+            return torch.nn.functional.one_hot(_row_class(x, self.right), 5).float()
+
+    def fake_train(train, device, steps, seed, lr):
+        return Reader(lr == 3e-3)
+
+    monkeypatch.setattr(transfer, "train_scratch", fake_train)
+    best, scores = transfer.tune_scratch_lr(target.train, target.test, cpu, steps=1,
+                                            lrs=(1e-3, 3e-3, 1e-2))
+    assert best == 3e-3 and scores[3e-3] == 1.0 and scores[1e-3] < 1.0
+
+
+def _row_class(x: torch.Tensor, right: bool) -> torch.Tensor:
+    """The class a separable image encodes (its bright row), or a wrong constant class."""
+    if not right:
+        return torch.full((len(x),), 4, dtype=torch.long)
+    return ((x[:, 0, :, 0].argmax(1) - 2) // 4).clamp(0, 4)
+
+
+def test_train_finetune_decay_sets_uniform_or_discriminative_rates(cpu, monkeypatch):
+    import tl_course.transfer as transfer
+
+    seen = []
+    real = transfer.fine_tune
+    monkeypatch.setattr(transfer, "fine_tune",
+                        lambda *a, **kw: seen.append(kw["decay"]) or real(*a, **kw))
+    src = DigitCNN(num_classes=5, width=4)
+    data = _random_digits(10, 5).train
+    transfer.train_finetune(src, data, cpu, steps=1)
+    transfer.train_finetune(src, data, cpu, steps=1, decay=1.0)
+    assert seen == [0.3, 1.0]
