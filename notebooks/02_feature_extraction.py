@@ -107,7 +107,11 @@ print(f"trainable {tlc.count_parameters(frozen, trainable_only=True):,} "
 # ### Exercise 1: freeze a body yourself
 #
 # Make a fresh copy of `source_cnn` with a 5-class head (`reset_head(5)`) and freeze every
-# parameter of `model.blocks` while the head stays trainable, without `freeze_body`.
+# parameter of `model.blocks` while the head stays trainable, without `freeze_body`. Frozen
+# also means fixed BatchNorm statistics: a BatchNorm layer in train mode updates its
+# running mean and variance even when its weights do not learn. A `DigitCNN` keeps the
+# BatchNorm of the blocks named in `model.frozen_bn` in eval mode, also when `fit` calls
+# `model.train()`. The check runs your model in train mode on a batch and looks.
 
 # %%
 my_frozen = ...  # your model here
@@ -118,6 +122,7 @@ tlc.exercises.check_frozen_body(my_frozen)
 # @title Solution
 my_frozen = copy.deepcopy(source_cnn).reset_head(5)
 my_frozen.blocks.requires_grad_(False)
+my_frozen.frozen_bn = set(my_frozen.blocks.keys())  # BatchNorm statistics stay fixed too
 tlc.exercises.check_frozen_body(my_frozen)
 
 # %% [markdown]

@@ -141,7 +141,9 @@ plt.show()
 # ### Exercise 1: unfreeze the last block by hand
 #
 # Starting from `start_model()`, make only the last block (`model.blocks["block2"]`) and the
-# head trainable, without `tlc.models` helpers.
+# head trainable, without `tlc.models` helpers, and keep the frozen block's BatchNorm
+# statistics fixed while training (`model.frozen_bn`, as in 02's exercise 1; section 3
+# below measures why it matters).
 
 # %%
 last_block_model = ...  # your model here
@@ -153,6 +155,7 @@ tlc.exercises.check_last_block_only(last_block_model)
 last_block_model = start_model()
 last_block_model.blocks.requires_grad_(False)
 last_block_model.blocks["block2"].requires_grad_(True)
+last_block_model.frozen_bn = {"block1"}  # block1's BatchNorm statistics stay fixed too
 tlc.exercises.check_last_block_only(last_block_model)
 
 # %% [markdown]

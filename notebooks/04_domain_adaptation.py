@@ -60,7 +60,7 @@ from IPython.display import Markdown, display
 
 import tl_course as tlc
 
-session = tlc.start("04", seed=0)
+session = tlc.start("04")  # seed: TL_COURSE_SEED (tl-course run --seed N), else 0
 device, profile = session.device, session.profile
 
 # %% [markdown]
@@ -117,7 +117,7 @@ plt.show()
 # %%
 recipe = tlc.adapt.Recipe()
 epochs = recipe.epochs(profile)
-train_loader, target_test = recipe.loaders(pair, device, seed=0)
+train_loader, target_test = recipe.loaders(pair, device, seed=session.seed)
 source_test = tlc.make_loader(pair.source.test, 512, device)
 print(recipe)
 print(f"{len(train_loader)} paired batches per epoch, {epochs} epochs")
@@ -137,7 +137,7 @@ def train(model, step, val_loader=None, val_step=None, desc="fit"):
 # then test on both domains. Watch the gap between the two accuracies.
 
 # %%
-tlc.seed_everything(0)
+tlc.seed_everything(session.seed)
 source_only = recipe.model()
 train(source_only, tlc.adapt.source_only_step, desc="source-only")
 src_on_source = tlc.accuracy(source_only, source_test, device)
@@ -150,7 +150,7 @@ print(f"source-only: {src_on_source:.3f} on MNIST, {src_acc:.3f} on MNIST-M")
 # adaptation assumes we do not have: an upper bound for the methods that follow.
 
 # %%
-tlc.seed_everything(0)
+tlc.seed_everything(session.seed)
 oracle = recipe.model()
 train(oracle, tlc.adapt.oracle_step, desc="oracle")
 oracle_acc = tlc.record("da_target_oracle_acc", tlc.accuracy(oracle, target_test, device))
@@ -168,7 +168,7 @@ print(f"oracle (trained on MNIST-M labels): {oracle_acc:.3f} on MNIST-M")
 
 # %%
 bn_recipe = dataclasses.replace(recipe, batchnorm=True)  # AdaBN needs BatchNorm layers
-tlc.seed_everything(0)
+tlc.seed_everything(session.seed)
 source_only_bn = bn_recipe.model()
 train(source_only_bn, tlc.adapt.source_only_step, desc="source-only + BN")
 bn_acc = tlc.accuracy(source_only_bn, target_test, device)
@@ -202,7 +202,7 @@ print(f"CORAL distance, source-only features: {tlc.adapt.coral_loss(f_s, f_t).it
 # batch, computes $f_s$ and $f_t$, and adds `trade_off` times their CORAL loss.
 
 # %%
-tlc.seed_everything(0)
+tlc.seed_everything(session.seed)
 coral = recipe.model()
 train(coral, tlc.adapt.coral_step(recipe.coral_trade_off), desc="CORAL")
 coral_acc = tlc.record("da_coral_acc", tlc.accuracy(coral, target_test, device))
@@ -342,7 +342,7 @@ tlc.exercises.check_dann_schedule(schedule)
 # the domains apart.
 
 # %%
-tlc.seed_everything(0)
+tlc.seed_everything(session.seed)
 dann = tlc.adapt.DANN(recipe.model(), hidden=recipe.disc_hidden)
 dann_history = train(dann, tlc.adapt.dann_step(recipe.dann_trade_off), target_test,
                      val_step=tlc.train.classification_step, desc="DANN")

@@ -172,6 +172,52 @@ def test_best_regulariser_unknown_key_lists_keys(capsys):
         assert repr(key) in out
 
 
+def test_best_regulariser_wrong_choice_other_tables(capsys):
+    table = {"plain": 0.81, "augment": 0.87, "dropout": 0.84}
+    assert check_best_regulariser("dropout", table) is False
+    _verdict(capsys)
+    assert check_best_regulariser("augment", table) is True
+    out = _verdict(capsys)
+    assert out.startswith("[correct]") and "tied" not in out and "0.870" in out
+
+
+@pytest.mark.parametrize("answer", ["dropout", "augment"])
+def test_best_regulariser_tie_accepts_each_tied_name(answer, capsys):
+    table = {"plain": 0.90, "dropout": 0.95, "augment": 0.95}
+    assert check_best_regulariser(answer, table) is True
+    out = _verdict(capsys)
+    other = "augment" if answer == "dropout" else "dropout"
+    assert out.startswith("[correct]") and "tied" in out and repr(other) in out
+    assert "0.950" in out
+    assert check_best_regulariser("plain", table) is False
+    assert _verdict(capsys).startswith("[not yet]")
+
+
+def test_best_regulariser_tie_within_rounding(capsys):
+    """0.1 + 0.2 and 0.3 differ by one ulp: the same accuracy, computed two ways."""
+    table = {"a": 0.1 + 0.2, "b": 0.3, "c": 0.2}
+    assert table["a"] != table["b"]
+    assert check_best_regulariser("b", table) is True
+    assert "tied with 'a'" in _verdict(capsys)
+    assert check_best_regulariser("a", table) is True
+    assert "tied with 'b'" in _verdict(capsys)
+
+
+def test_best_regulariser_three_way_tie_names_the_others(capsys):
+    table = {"x": 0.5, "y": 0.5, "z": 0.5}
+    assert check_best_regulariser("y", table) is True
+    out = _verdict(capsys)
+    assert "'x'" in out and "'z'" in out
+
+
+def test_best_regulariser_near_tie_is_not_a_tie(capsys):
+    table = {"a": 0.95, "b": 0.95 + 1e-9}
+    assert check_best_regulariser("a", table) is False
+    assert _verdict(capsys).startswith("[not yet]")
+    assert check_best_regulariser("b", table) is True
+    assert "tied" not in _verdict(capsys)
+
+
 @pytest.mark.parametrize("answer", [["dropout"], {"dropout"}, {"a": 1}])
 def test_best_regulariser_unhashable_answer_does_not_raise(answer, capsys):
     assert check_best_regulariser(answer, RESULTS) is False

@@ -1,5 +1,7 @@
 """Every check of notebooks 02 and 03: right, wrong (with a hint), not attempted, never raises."""
 
+import copy
+
 import pytest
 import torch
 
@@ -36,12 +38,64 @@ def _raise(*args, **kwargs):
     raise RuntimeError("learner bug")
 
 
+# The notebooks' solution cells, on the real digit model (DigitCNN(num_classes=5)).
+def frozen_body_solution(source_cnn):
+    my_frozen = copy.deepcopy(source_cnn).reset_head(5)
+    my_frozen.blocks.requires_grad_(False)
+    my_frozen.frozen_bn = set(my_frozen.blocks.keys())  # BatchNorm statistics stay fixed too
+    return my_frozen
+
+
+def frozen_body_old_solution(source_cnn):
+    my_frozen = copy.deepcopy(source_cnn).reset_head(5)
+    my_frozen.blocks.requires_grad_(False)
+    return my_frozen
+
+
+def last_block_solution(start_model):
+    last_block_model = start_model()
+    last_block_model.blocks.requires_grad_(False)
+    last_block_model.blocks["block2"].requires_grad_(True)
+    last_block_model.frozen_bn = {"block1"}  # block1's BatchNorm statistics stay fixed too
+    return last_block_model
+
+
+def last_block_old_solution(start_model):
+    last_block_model = start_model()
+    last_block_model.blocks.requires_grad_(False)
+    last_block_model.blocks["block2"].requires_grad_(True)
+    return last_block_model
+
+
+def _source_cnn() -> DigitCNN:
+    torch.manual_seed(0)
+    return DigitCNN(num_classes=5)
+
+
+def _snapshot(model):
+    """Everything a check could disturb: parameters, buffers, flags, frozen_bn."""
+    return ({k: v.detach().clone() for k, v in model.state_dict().items()},
+            {n: m.training for n, m in model.named_modules()},
+            {n: p.requires_grad for n, p in model.named_parameters()},
+            set(model.frozen_bn))
+
+
+def _assert_unchanged(model, snapshot):
+    state, training, grads, frozen_bn = _snapshot(model)
+    assert state.keys() == snapshot[0].keys()
+    for k in state:
+        assert torch.equal(state[k], snapshot[0][k]), k
+    assert training == snapshot[1]
+    assert grads == snapshot[2]
+    assert frozen_bn == snapshot[3]
+
+
 # One row per check: (check, extra args, factory of a correct answer).
 CHECKS = [
     (check_frozen_body, (), lambda: freeze_body(_model())),
     (check_nearest_centroid, (), lambda: nearest_centroid),
     (check_transfer_gap, (RESULTS,), lambda: GAP),
-    (check_last_block_only, (), lambda: set_trainable(_model(), ["block2"])),
+    (check_last_block_only, (), lambda: set_trainable(_model(), ["block2"], bn="frozen")),
     (check_discriminative_groups, (_model(),), None),  # needs the same model: see below
     (check_negative_transfer, (ACCURACIES,), lambda: "scrambled"),
 ]
@@ -135,6 +189,66 @@ def test_frozen_body_reports_head_size(capsys):
     assert f"{n:,}" in _verdict(capsys)
 
 
+def test_frozen_body_bn_still_in_train_mode(capsys):
+    """Frozen weights alone: fit's model.train() would still move BatchNorm statistics."""
+    model = freeze_body(_model(), bn="train")
+    assert not any(p.requires_grad for p in model.blocks.parameters())  # weights are frozen
+    assert check_frozen_body(model) is False
+    _not_yet(capsys, "BatchNorm", "block1, block2", "running statistics",
+             "model.frozen_bn = {'block1', 'block2'}", "freeze_body")
+
+
+def test_frozen_body_eval_mode_is_not_enough(capsys):
+    """model.eval() now does not survive fit's model.train(): frozen_bn is what lasts."""
+    model = freeze_body(_model(), bn="train").eval()
+    assert check_frozen_body(model) is False
+    _not_yet(capsys, "running statistics")
+
+
+def test_frozen_body_bn_frozen_in_one_block_only(capsys):
+    model = freeze_body(_model(), bn="train")
+    model.frozen_bn = {"block1"}
+    assert check_frozen_body(model) is False
+    _not_yet(capsys, "BatchNorm in block2 still")  # block1's statistics are fixed: not blamed
+
+
+def test_frozen_body_frozen_bn_by_hand_passes(capsys):
+    model = freeze_body(_model(), bn="train")
+    model.frozen_bn = {"block1", "block2"}
+    assert check_frozen_body(model) is True
+    assert _verdict(capsys).startswith("[correct]")
+
+
+def test_frozen_body_solution_on_the_real_digit_model(capsys):
+    source_cnn = _source_cnn()
+    assert check_frozen_body(frozen_body_solution(source_cnn)) is True
+    assert _verdict(capsys).startswith("[correct]")
+    assert check_frozen_body(frozen_body_old_solution(source_cnn)) is False
+    _not_yet(capsys, "running statistics", "frozen_bn")
+
+
+def test_frozen_body_infers_input_channels(capsys):
+    """A 3-channel model gets a 3-channel probe batch: right answer passes, BN leak fails."""
+    model = DigitCNN(num_classes=5, width=4, in_channels=3)
+    assert check_frozen_body(freeze_body(model)) is True
+    assert check_frozen_body(freeze_body(model, bn="train")) is False
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("bn", ["train", "frozen"])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_frozen_body_leaves_the_learners_model_alone(bn, mode, capsys):
+    """The check probes a copy: stats, weights, train/eval flags and RNG stay as they were."""
+    model = DigitCNN(num_classes=5, width=4, dropout=0.5)
+    freeze_body(model, bn=bn)
+    model.train(mode == "train")
+    before, rng = _snapshot(model), torch.get_rng_state()
+    check_frozen_body(model)
+    _assert_unchanged(model, before)
+    assert torch.equal(torch.get_rng_state(), rng)  # the probe's dropout drew from a fork
+    capsys.readouterr()
+
+
 # ----------------------------------------------------------------- 02.2 check_nearest_centroid
 
 
@@ -219,6 +333,54 @@ def test_last_block_only_head_frozen(capsys):
     model = set_trainable(_model(), ["block2"], head=False)
     assert check_last_block_only(model) is False
     _not_yet(capsys, "head")
+
+
+def test_last_block_only_bn_still_in_train_mode(capsys):
+    model = set_trainable(_model(), ["block2"], bn="train")
+    assert check_last_block_only(model) is False
+    # Only block1 is named: block2 trains, so its statistics may move.
+    _not_yet(capsys, "BatchNorm in block1 still", "running statistics",
+             "model.frozen_bn = {'block1'}", "unfreeze_from")
+
+
+def test_last_block_only_frozen_bn_by_hand_passes(capsys):
+    model = set_trainable(_model(), ["block2"], bn="train")
+    model.frozen_bn = {"block1"}
+    assert check_last_block_only(model) is True
+    assert _verdict(capsys).startswith("[correct]")
+
+
+def test_last_block_only_bn_of_the_trained_block_may_be_frozen_too(capsys):
+    model = set_trainable(_model(), ["block2"], bn="train")
+    model.frozen_bn = {"block1", "block2"}
+    assert check_last_block_only(model) is True
+    capsys.readouterr()
+
+
+def test_last_block_only_solution_on_the_real_digit_model(capsys):
+    source_cnn = _source_cnn()
+
+    def start_model():
+        torch.manual_seed(0)
+        return copy.deepcopy(source_cnn).reset_head(5)
+
+    assert check_last_block_only(last_block_solution(start_model)) is True
+    assert _verdict(capsys).startswith("[correct]")
+    assert check_last_block_only(last_block_old_solution(start_model)) is False
+    _not_yet(capsys, "block1", "running statistics", "frozen_bn")
+
+
+@pytest.mark.parametrize("bn", ["train", "frozen"])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_last_block_only_leaves_the_learners_model_alone(bn, mode, capsys):
+    model = DigitCNN(num_classes=5, width=4, dropout=0.5)
+    set_trainable(model, ["block2"], bn=bn)
+    model.train(mode == "train")
+    before, rng = _snapshot(model), torch.get_rng_state()
+    check_last_block_only(model)
+    _assert_unchanged(model, before)
+    assert torch.equal(torch.get_rng_state(), rng)
+    capsys.readouterr()
 
 
 # ----------------------------------------------------------------- 03.2 check_discriminative_groups

@@ -58,3 +58,23 @@ def test_house_style(source: Path):
         assert cell.metadata["jupyter"]["source_hidden"] is True
         assert "tlc.exercises.check_" in cell.source
     assert "## What we saw" in nb.cells[-1].source
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_seed_comes_from_outside(source: Path):
+    """`tl-course run --seed N` must reach every experiment: no notebook fixes the session
+    seed, and none re-seeds with a literal (which would hide the outside seed)."""
+    text = source.read_text()
+    assert not re.search(r"tlc\.start\([^)]*seed=", text), "tlc.start must not fix the seed"
+    assert not re.search(r"seed_everything\(\d+\)", text), "seed from session.seed, not a literal"
+
+
+CLAIMED = ["01", "02", "03", "05"]  # notebooks whose stated results are all claims
+
+
+@pytest.mark.parametrize("number", CLAIMED)
+def test_results_are_stated_as_claims(number: str):
+    source = next(p for p in SOURCES if p.name.startswith(number))
+    names = re.findall(r"\bclaim\(\s*\"([A-Za-z0-9_]+)\"", source.read_text())
+    assert len(names) >= 3, f"{source.name} states {len(names)} claims; at least 3 expected"
+    assert len(names) == len(set(names)), "claim names must be unique within a notebook"

@@ -327,8 +327,8 @@ def filter_classes(
 ) -> TensorDataset:
     """Keep only examples of `classes`; with relabel, class classes[i] becomes label i.
 
-    The Yosinski-style split of the course: source = digits 0-4, target = digits 5-9
-    (relabelled 0-4), so the two tasks share no class.
+    The course's class split, in the spirit of Yosinski et al. (2014)'s split of ImageNet:
+    source = digits 0-4, target = digits 5-9 (relabelled 0-4), so the tasks share no class.
     """
     x, y = ds.tensors[0], ds.tensors[1]
     classes = list(classes)

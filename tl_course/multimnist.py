@@ -1,8 +1,11 @@
 """MultiMNIST (notebook 05): two overlapping digits per image, built from MNIST.
 
-Built the way Sener & Koltun (2018) built it: a 36x36 canvas, one digit at the top-left,
-a second digit shifted 6 pixels right and down, the two overlaid by taking the pixel-wise
-maximum, and the canvas resized back to 28x28. Every image carries several labels:
+The canvas follows the MultiMNIST code Sener & Koltun (2018) released (after Sabour et
+al., 2017): a 36x36 canvas, one digit at the top-left, a second digit shifted 6 pixels
+right and down, the two overlaid by taking the pixel-wise maximum, and the canvas resized
+back to 28x28. Two differences: we resize with antialiased bilinear interpolation
+(compose_pairs) where their code used nearest-neighbour, and only `left` / `right` are
+their tasks; `sum`, `parity` and `noise` are the course's. Every image carries these labels:
 
 - ``left`` / ``right``: the two digits (10 classes each), the two main tasks;
 - ``sum``: left + right (19 classes), a task related to both;

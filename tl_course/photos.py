@@ -1,4 +1,4 @@
-"""Real photos for the ImageNet sections of notebooks 02 / 03: EuroSAT, and a smoke stand-in.
+"""Real photos for the ImageNet section of notebook 02 (section 7): EuroSAT, and a smoke stand-in.
 
 EuroSAT (Helber et al. 2019): 27,000 Sentinel-2 satellite photos, 64x64 RGB, 10 land-use
 classes, a 94 MB download through torchvision. Small enough for a classroom, real enough

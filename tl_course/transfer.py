@@ -1,7 +1,9 @@
 """Transfer recipes on the digit world: the course's source model, fine-tuning, label efficiency.
 
-The source task is digits 0-4 and the target task digits 5-9 (relabelled 0-4), as in
-Yosinski et al. (2014): the tasks share the pixels' statistics but no class.
+The source task is digits 0-4 and the target task digits 5-9 (relabelled 0-4), in the
+spirit of Yosinski et al. (2014), who split ImageNet's 1,000 classes into two halves that
+share no class (their layer-by-layer transfer experiments are not reproduced here): the
+two tasks share the pixels' statistics but no class.
 """
 
 from __future__ import annotations

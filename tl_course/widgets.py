@@ -1,8 +1,8 @@
 """A small ipywidgets panel: pick settings, press Train, watch the curves.
 
 Works in JupyterLab and in Colab (with the custom widget manager the install cell
-enables). Headless runs (nbval, `tl-course run`) cannot press buttons, so notebooks call
-`panel.run()` once with the default settings: the same code path as a click.
+enables). Headless runs (nbval, `tl-course run`) cannot press buttons, so notebook 03
+calls `panel.run()` once with the default settings: the same code path as a click.
 """
 
 from __future__ import annotations

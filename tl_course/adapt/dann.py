@@ -24,8 +24,9 @@ class DomainDiscriminator(nn.Sequential):
     """MLP from features (n, in_features) to one logit per example: source (1) vs target (0).
 
     Ganin et al.'s domain classifier for digits: FC `hidden` (100) -> ReLU -> FC 1, no
-    BatchNorm. A stronger one (wider, deeper, with BatchNorm) wins the game too easily on
-    a few thousand images, and its reversed gradient then wrecks the features.
+    BatchNorm. In the course's runs a stronger one (wider, deeper, with BatchNorm) won the
+    game too easily on a few thousand images, and its reversed gradient then spoilt the
+    features.
     It returns logits, not probabilities: BCEWithLogits on logits is numerically safe,
     also under mixed precision, where a sigmoid followed by a log is not.
     """

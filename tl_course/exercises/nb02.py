@@ -2,18 +2,67 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import copy
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
+from torch import nn
 
 from .common import attempted, feedback, safely
 
 __all__ = ["check_frozen_body", "check_nearest_centroid", "check_transfer_gap"]
 
 
+def stats_updating_blocks(model: Any, names: Iterable[str], size: int = 28) -> list[str]:
+    """Which of the blocks `names` would change their running statistics during training.
+
+    Behavioural, like `fit`: a deep copy of `model` is put in `train()` mode and given one
+    small random batch (N, C, size, size), C taken from the first convolution; a block
+    counts when any of its buffers (BatchNorm running_mean / running_var /
+    num_batches_tracked) differs afterwards. The learner's model and the global random
+    state are left exactly as they were.
+    """
+    names = list(names)
+    if not names:
+        return []
+    probe = copy.deepcopy(model)
+    before = {n: [b.detach().clone() for b in probe.blocks[n].buffers()] for n in names}
+    first_conv = next((m for m in probe.modules() if isinstance(m, nn.Conv2d)), None)
+    channels = first_conv.in_channels if first_conv is not None else 1
+    param = next(probe.parameters())
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4, channels, size, size, generator=gen).to(param.device, param.dtype)
+    # fit calls model.train() every epoch; dropout in train mode would draw from the
+    # global generator, so fork it: checking an answer must not change later results.
+    fork = (torch.random.fork_rng(devices=[]) if param.device.type == "cpu"
+            else torch.random.fork_rng(devices=[param.device], device_type=param.device.type))
+    with fork, torch.no_grad():
+        probe.train()
+        probe(x)
+    return [n for n in names if not _same(before[n], list(probe.blocks[n].buffers()))]
+
+
+def _same(old: list[torch.Tensor], new: list[torch.Tensor]) -> bool:
+    """Exactly equal buffers; NaN equals NaN (statistics of a diverged run are not "moving")."""
+    return len(old) == len(new) and all(
+        a.shape == b.shape and bool(torch.isclose(a, b, rtol=0, atol=0, equal_nan=True).all())
+        for a, b in zip(old, new, strict=True))
+
+
+def bn_hint(changed: Sequence[str], frozen: Sequence[str], helper: str) -> str:
+    """Feedback for frozen weights whose BatchNorm statistics still move in train mode."""
+    names = "{" + ", ".join(map(repr, frozen)) + "}"  # block order, not set order
+    return (f"the weights are frozen, but BatchNorm in {', '.join(changed)} still updates its "
+            "running statistics when fit calls model.train(); set "
+            f"`model.frozen_bn = {names}` (the model keeps those BatchNorm layers in "
+            f"eval mode even in train mode), or read `tlc.models.{helper}` to see how the "
+            "package does it")
+
+
 def check_frozen_body(model: Any) -> bool:
-    """Exercise 02.1: every body parameter frozen, every head parameter trainable."""
+    """Exercise 02.1: every body parameter frozen, every head parameter trainable, and the
+    body's BatchNorm statistics fixed while the model trains (`model.frozen_bn`)."""
     if not attempted(model):
         return False
 
@@ -28,6 +77,10 @@ def check_frozen_body(model: Any) -> bool:
                             "call requires_grad_(False) on model.blocks")
         if head - trainable:
             return feedback(False, "", "part of the head is frozen: keep model.head trainable")
+        names = list(model.blocks.keys())
+        changed = stats_updating_blocks(model, names)
+        if changed:
+            return feedback(False, "", bn_hint(changed, names, "freeze_body"))
         n = sum(p.numel() for p in model.parameters() if p.requires_grad)
         return feedback(True, f"only the head trains: {n:,} parameters.", "")
 

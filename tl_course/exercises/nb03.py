@@ -6,12 +6,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from .common import attempted, feedback, safely
+from .nb02 import bn_hint, stats_updating_blocks
 
 __all__ = ["check_last_block_only", "check_discriminative_groups", "check_negative_transfer"]
 
 
 def check_last_block_only(model: Any) -> bool:
-    """Exercise 03.1: only the last block of model.blocks and the head are trainable."""
+    """Exercise 03.1: only the last block of model.blocks and the head are trainable, and the
+    frozen blocks' BatchNorm statistics stay fixed while the model trains."""
     if not attempted(model):
         return False
 
@@ -25,6 +27,9 @@ def check_last_block_only(model: Any) -> bool:
                             f"{names[-1:]} (freeze the others with requires_grad_(False))")
         if not head_ok:
             return feedback(False, "", "the head must stay trainable")
+        changed = stats_updating_blocks(model, names[:-1])
+        if changed:
+            return feedback(False, "", bn_hint(changed, names[:-1], "unfreeze_from"))
         return feedback(True, f"{names[-1]} and the head train; {names[:-1]} stay fixed.", "")
 
     return safely(run, "model")
