@@ -1,4 +1,4 @@
-"""Claims: conditions evaluated on the numbers, recorded recomputably, failing only outside smoke."""
+"""Claims: conditions evaluated on the numbers, recorded recomputably, failing only in cpu/gpu."""
 
 import json
 import os
