@@ -230,10 +230,18 @@ session.claim("discriminative_keeps_block1", "With discriminative learning rates
               "block moves less than half as far from its pretrained weights as with one rate.",
               "disc < margin * uniform", disc=shifts["discriminative"]["block1"],
               uniform=shifts["uniform"]["block1"], margin=0.5)
-session.claim("recipes_close", "On this pair the three recipes end within 3 points of each "
-              "other (mean over seeds).", "max(a, b, c) - min(a, b, c) <= margin",
-              a=ft_uniform, b=ft_disc, c=ft_gradual, margin=0.03)
+session.claim("recipes_no_clear_winner", "On this pair, discriminative learning rates and "
+              "gradual unfreezing each end within 3 points of plain fine-tuning with one rate "
+              "(mean over seeds).", "abs(disc - uniform) <= margin and abs(gradual - uniform) "
+              "<= margin", uniform=ft_uniform, disc=ft_disc, gradual=ft_gradual, margin=0.03)
 
+# %% [markdown]
+# So discriminative rates did what they say (the early block barely moved) without changing
+# accuracy on this pair. That is a finding, not a failure: the source (digits 0-4) and the
+# target (5-9) share their strokes, so the early features need little protection and
+# little change. The recipes matter more when fine-tuning could damage good early features:
+# a larger learning rate, a longer run, a bigger network.
+#
 # ### Exercise 2: build the parameter groups yourself
 #
 # For `model = tlc.models.unfreeze_all(start_model())`, build a list of optimizer groups
@@ -282,10 +290,17 @@ bn_frozen = tlc.record("bn_frozen_acc", mean(bn_acc["frozen"]))
 bn_train = tlc.record("bn_train_acc", mean(bn_acc["train"]))
 print(f"BatchNorm of frozen block1 kept in eval mode: {bn_frozen:.3f}; "
       f"left in train mode: {bn_train:.3f}")
+session.claim("bn_mode_no_difference", "On this pair, keeping the frozen block's BatchNorm "
+              "in eval mode or letting it update ends within 2 points (mean over seeds).",
+              "abs(frozen - train) <= margin", frozen=bn_frozen, train=bn_train, margin=0.02)
 
 # %% [markdown]
-# Re-estimating BatchNorm statistics on the new data can also be done on purpose, with no
-# labels at all: that is **AdaBN**, one of the domain-adaptation methods of notebook 04.
+# No difference here, and the reason is the data: source and target are the same kind of
+# image (MNIST digits, same ink, same framing), so the target's statistics in block1 are
+# close to the source's running statistics, and replacing one by the other changes little.
+# The choice matters when the input statistics differ, which is exactly the setting of
+# notebook 04: there, re-estimating BatchNorm statistics on the new domain, on purpose and
+# with no labels, is a domain-adaptation method of its own (**AdaBN**).
 #
 # ## 4. Fighting overfitting on tiny data
 #
@@ -362,17 +377,33 @@ neg_scrambled_uni = tlc.record("neg_scrambled_uniform_acc",
                                neg_mean["scrambled source (one lr)"])
 
 # %%
-session.claim("scrambled_below_scratch", "Fine-tuned with discriminative learning rates, the "
-              "scrambled source ends below training from scratch.", "scratch - scrambled >= margin",
-              scratch=neg_scratch, scrambled=neg_scrambled, margin=0.0)
+session.claim("scrambled_loses_the_gain", "The scrambled source ends at least 5 points below "
+              "the digits 0-4 source (discriminative rates).", "source - scrambled >= margin",
+              source=neg_source, scrambled=neg_scrambled, margin=0.05)
 session.claim("source_above_scratch", "The digits 0-4 source ends above training from "
-              "scratch by 10 points or more.", "source - scratch >= margin", source=neg_source,
-              scratch=neg_scratch, margin=0.10)
+              "scratch by 5 points or more.", "source - scratch >= margin", source=neg_source,
+              scratch=neg_scratch, margin=0.05)
+session.claim("scrambled_not_below_scratch", "The scrambled source does not end more than 2 "
+              "points below scratch: on this pair it loses transfer's gain rather than hurts.",
+              "scratch - scrambled <= margin", scratch=neg_scratch, scrambled=neg_scrambled,
+              margin=0.02)
+session.claim("one_lr_helps_scrambled", "For the scrambled source, one learning rate for all "
+              "blocks does at least as well as discriminative rates.",
+              "uniform - disc >= margin", uniform=neg_scrambled_uni, disc=neg_scrambled,
+              margin=0.0, why="the difference is small and the seeds' images vary")
 
 # %% [markdown]
+# Read the numbers with the claims: the scrambled source lost the whole advantage of the
+# real one but did not fall clearly below scratch on this pair, so this is a lost gain
+# rather than negative transfer in the strict sense. The control tells us something about
+# recipes: small learning rates for early blocks protect *good* early features, and for a
+# bad source they preserve the bad ones; one rate for everything lets the network move
+# away from them.
+#
 # How to notice it in practice: **always train a from-scratch baseline** on the same labels
-# and budget, and compare on held-out data. A fine-tuned model below that line is negative
-# transfer: pick another source, freeze less, or lower the learning rate.
+# and budget, and compare on held-out data. A fine-tuned model at or below that line has
+# gained nothing from its source (below it, it is negative transfer): pick another source,
+# or unfreeze more and give early blocks a larger learning rate.
 #
 # ### Exercise 3: spot it
 #
@@ -421,13 +452,18 @@ print(panel_history.summary())
 # %% [markdown]
 # ## What we saw
 #
-# - Unfreezing deeper costs time and parameters; on a target this close to the source, it
-#   buys a little accuracy (compare `ft_head_acc`, `ft_last_block_acc`, `ft_all_acc`).
-# - Discriminative learning rates and gradual unfreezing protect general early features
-#   while the new head settles.
-# - Frozen weights are not frozen BatchNorm statistics: choose explicitly.
-# - On tiny data, augmentation, dropout and weight decay slow down memorisation.
-# - A dissimilar source can be worse than no source: compare with a scratch baseline.
+# - Unfreezing deeper costs time and parameters; on this pair, fine-tuning everything beat
+#   training the head alone (claim `unfreezing_helps`).
+# - Discriminative learning rates kept the first block close to its pretrained weights,
+#   but neither they nor gradual unfreezing changed accuracy here: source and target are
+#   too alike for early features to need protection.
+# - Frozen weights are not frozen BatchNorm statistics: choose explicitly. On this pair the
+#   choice made no measurable difference; in 04, where the domains differ, it is a method.
+# - On tiny data, augmentation, dropout and weight decay are the usual remedies; section 4
+#   shows one seed of each as an illustration, not a measurement.
+# - The scrambled source lost the gain of transfer and ended near scratch; one learning
+#   rate for all blocks did at least as well for it as discriminative rates. Always
+#   compare with a scratch baseline.
 #
 # **Next:** [04 · Domain adaptation](04_domain_adaptation.ipynb): same task, new domain,
 # no target labels at all.

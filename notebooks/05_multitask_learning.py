@@ -48,6 +48,7 @@ if "google.colab" in sys.modules:
 # **device** and roughly how long the notebook takes.
 
 # %%
+import math
 import time
 
 import matplotlib.pyplot as plt
@@ -62,10 +63,12 @@ device, profile = session.device, session.profile
 # %% [markdown]
 # ## 1. MultiMNIST: two digits, several tasks
 #
-# Sener & Koltun (2018) built MultiMNIST from MNIST: put one digit at the top-left of a
-# 36x36 canvas, a second one 6 pixels further right and down, keep the brighter pixel
-# where they overlap, and shrink the result back to 28x28. Here is that mechanism on two
-# digits; the course's `multimnist.compose_pairs` does exactly this.
+# MultiMNIST (Sabour et al., 2017; the version Sener & Koltun, 2018, used for multi-task
+# learning) is built from MNIST: put one digit at the top-left of a 36x36 canvas, a second
+# one 6 pixels further right and down, keep the brighter pixel where they overlap, and
+# shrink the result back to 28x28. Here is that mechanism on two digits; the course's
+# `multimnist.compose_pairs` does exactly this (it shrinks with a smoother, antialiased
+# filter than their code's nearest-neighbour resize).
 
 # %%
 digits = tlc.load_digits("mnist", profile)
@@ -329,17 +332,20 @@ for name, (_, acc, _) in scarce_runs.items():
 gain = scarce_runs["left + right"][1]["left"] - scarce_runs["left only"][1]["left"]
 print(f"the auxiliary task changed left accuracy by {gain:+.3f}")
 tlc.record("mtl_aux_gain", gain)
+session.claim("aux_helps_scarce", "With scarce left-digit labels, training on the right "
+              "digit too raises left-digit test accuracy.", "gain > margin", gain=gain,
+              margin=0.0, why="one run per seed: the gain varies with the initialisation")
 
 # %% [markdown]
-# Whether the extra task helps depends on how much the main task's own labels already
-# teach: with fewer labels, more of what the trunk knows comes from the auxiliary task.
-# Try a smaller `n_scarce`, or give the single-task model more epochs on its few labelled
-# images, to see where the advantage goes.
+# How much the extra task is worth should depend on how much the main task's own labels
+# already teach; we measured one size only. Try a smaller or larger `n_scarce`, or give the
+# single-task model more epochs on its few labelled images, and see where the advantage
+# goes.
 #
 # ## 5. A task that hurts: negative transfer
 #
 # Now add the `noise` task: a random label per image. Nothing in the picture predicts it,
-# so its gradients only pull the trunk towards memorising images, away from the digits.
+# so the trunk could learn it only by memorising images, which pulls it away from the digits.
 # Compare left and right accuracy without it (the equal-weight run of section 3, same
 # pairs), with it at equal weight, and with the two remedies.
 
@@ -362,13 +368,24 @@ noise_change = {name: (acc["left"] + acc["right"] - base["left"] - base["right"]
 tlc.record("mtl_noise_equal_change", noise_change["+noise equal"])
 tlc.record("mtl_noise_uncertainty_change", noise_change["+noise uncertainty"])
 tlc.record("mtl_noise_pcgrad_change", noise_change["+noise pcgrad"])
+session.claim("noise_effect_small", "At this size the noise task moves mean accuracy by at "
+              "most 2.5 points either way, with equal weights, uncertainty weighting or PCGrad.",
+              "max(abs(equal), abs(uncertainty), abs(pcgrad)) <= margin",
+              equal=noise_change["+noise equal"], uncertainty=noise_change["+noise uncertainty"],
+              pcgrad=noise_change["+noise pcgrad"], margin=0.025)
 
 # %% [markdown]
-# The learned uncertainty weights tell the story of the noise task. Its training loss *can*
-# go down, but only by memorising individual images (no picture predicts a random label),
-# so it falls slowly and stays the highest of the three. For a fixed loss $L_t$ the weight
-# that minimises $e^{-s_t} L_t + s_t / 2$ is $e^{-s_t} = 1 / (2 L_t)$: the task with the
-# highest loss gets the smallest weight.
+# A small effect, and its sign changes from seed to seed (see the benchmark table in the
+# README): the trunk does not learn the noise task at all (next cell), so its gradients
+# are mostly noise added to the digits' gradients, which costs little at this size.
+
+# %% [markdown]
+# The learned uncertainty weights tell the story of the noise task. In principle its loss
+# *can* go down: a big enough network memorises random labels (Zhang et al., 2017). Here it
+# stays at the chance level, $\log 10 \approx 2.30$: this trunk, in these epochs, does not
+# memorise them. It stays the highest of the three losses, and for a fixed loss $L_t$ the
+# weight that minimises $e^{-s_t} L_t + s_t / 2$ is $e^{-s_t} = 1 / (2 L_t)$: the task with
+# the highest loss gets the smallest weight.
 
 # %%
 unc_noise_history = noise_runs["+noise uncertainty"][0]
@@ -376,16 +393,15 @@ learned_weights = {task: unc_noise_history.last(f"train_{task}_weight") for task
 task_losses = {task: unc_noise_history.last(f"train_{task}_loss") for task in noise_tasks}
 print("weights", {task: round(w, 2) for task, w in learned_weights.items()})
 print("training losses (last epoch)", {task: round(v, 3) for task, v in task_losses.items()})
-first_noise_loss = unc_noise_history["train_noise_loss"][0]
-session.claim("noise_loss_falls_slowly", "The noise task's training loss stays the highest of "
-              "the three tasks, although it does fall.",
-              "noise > max(left, right) and first > noise", noise=task_losses["noise"],
-              left=task_losses["left"], right=task_losses["right"], first=first_noise_loss)
+session.claim("noise_loss_at_chance", "The noise task's training loss ends within 0.05 of "
+              "chance, log 10, and above both digit losses.",
+              "abs(noise - chance) <= margin and noise > max(left, right)",
+              noise=task_losses["noise"], chance=math.log(10), left=task_losses["left"],
+              right=task_losses["right"], margin=0.05)
 session.claim("noise_turned_down", "Uncertainty weighting gives the noise task the smallest "
               "weight.", "noise < min(left, right)", noise=learned_weights["noise"],
               left=learned_weights["left"], right=learned_weights["right"])
 
-# %% [markdown]
 # ### Exercise 3: which task was turned down?
 #
 # From the learned weights above, which task did uncertainty weighting give the smallest
@@ -452,12 +468,13 @@ display(widgets.VBox([*sliders.values(), button, out]))
 #   `mtl_param_ratio` of the parameters: hard sharing is cheap.
 # - The history kept every task's loss and accuracy; uncertainty weighting learned one
 #   weight per task, PCGrad removed conflicting gradient components at the price of one
-#   backward pass per task; on two similar tasks there was little to rebalance.
-# - An auxiliary task is a source of supervision for the shared trunk: read section 4's
-#   measured change to see how much it was worth with few labels here.
-# - A task unrelated to the others (random labels) competes for the trunk: section 5
-#   measured its cost, and uncertainty weighting turned it down because its loss cannot
-#   fall.
+#   backward pass per task; section 3's table shows what each did for the two digits.
+# - An auxiliary task is a source of supervision for the shared trunk: with scarce
+#   left-digit labels, the right-digit labels raised left-digit accuracy (claim
+#   `aux_helps_scarce`; section 4 prints by how much).
+# - A task unrelated to the others (random labels) was not learnt at all (its loss stayed at
+#   chance) and moved accuracy by at most a couple of points, in either direction. Uncertainty
+#   weighting turned it down, because its loss stayed the highest.
 #
 # Multi-task learning is transfer in all directions at once: the same question as in
 # notebooks 02-04 (what is shared, and does sharing help the task I care about?) with

@@ -402,3 +402,18 @@ def test_mnist_intact_checks_md5_of_the_archives(data_root, monkeypatch):
     assert data.mnist_intact(data_root)
     (raw / resources[0][0]).write_bytes(b"truncated")
     assert not data.mnist_intact(data_root)
+
+
+def test_make_loader_shuffle_follows_the_session_seed(cpu):
+    """Without an explicit seed the order comes from the global generator: the same for
+    the same session seed, different for another one (so `--seed N` reaches batch order)."""
+    from tl_course.device import seed_everything
+
+    ds = _numbered(40)
+    seed_everything(0)
+    a = _order(make_loader(ds, 8, cpu, shuffle=True))
+    seed_everything(0)
+    b = _order(make_loader(ds, 8, cpu, shuffle=True))
+    seed_everything(1)
+    c = _order(make_loader(ds, 8, cpu, shuffle=True))
+    assert a == b and a != c and sorted(a) == list(range(40))

@@ -391,12 +391,19 @@ def make_loader(
     batch_size: int,
     device: torch.device,
     shuffle: bool = False,
-    seed: int = 0,
+    seed: int | None = None,
     drop_last: bool = False,
 ) -> DataLoader:
-    """A DataLoader with settings for `device` and a seeded shuffle (same order every run)."""
+    """A DataLoader with settings for `device` and a seeded shuffle.
+
+    The shuffle order comes from `seed`; without one, from torch's global generator, so it
+    follows the session seed (`tlc.start` / `seed_everything`): the same order on every run
+    with the same seed, a different one with another seed.
+    """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if shuffle and seed is None:
+        seed = int(torch.randint(0, 2**62, ()))  # drawn from the (seeded) global generator
     gen = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(
         ds, batch_size=batch_size, shuffle=shuffle, generator=gen, drop_last=drop_last,
