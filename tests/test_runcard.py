@@ -71,7 +71,8 @@ def test_record_uses_os_environ(tmp_path, monkeypatch):
 
 
 def test_read_missing_file(tmp_path):
-    assert read(tmp_path / "none.json") == {"metrics": {}, "skipped": []}
+    assert read(tmp_path / "none.json") == {"metrics": {}, "skipped": [], "claims": [],
+                                             "session": {}}
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
