@@ -192,7 +192,8 @@ for epoch in range(profile.epochs):
 logreg_acc = tlc.accuracy(logreg, test_loader, device)
 print(f"logistic regression test accuracy: {logreg_acc:.3f}")
 session.claim("logreg_far_above_chance", "Logistic regression is far above the 10% of "
-              "guessing: 80% or more.", "logreg >= margin", logreg=logreg_acc, margin=0.8)
+              "guessing: 80% or more.", "logreg >= margin", logreg=logreg_acc, margin=0.8,
+              why="too few epochs or too high a learning rate for this data size")
 
 # %% [markdown]
 # ## 5. An MLP, trained with `tlc.fit`
@@ -370,10 +371,12 @@ tiny_train_acc = tlc.accuracy(plain_model, tlc.make_loader(tiny, 512, device), d
 plain_test_acc = tlc.accuracy(plain_model, test_loader, device)
 session.claim("tiny_memorises", "Trained on the tiny set, the plain MLP is at least 10 points "
               "more accurate on its training digits than on test digits.",
-              "train - test >= margin", train=tiny_train_acc, test=plain_test_acc, margin=0.10)
+              "train - test >= margin", train=tiny_train_acc, test=plain_test_acc, margin=0.10,
+              why="a smaller tiny_size or fewer epochs leave the MLP short of memorising")
 session.claim("tiny_val_loss_turns_up", "The plain model's validation loss ends at least 10% "
               "above its lowest value.", "last >= lowest * (1 + margin)",
-              last=plain_hist.last("val_loss"), lowest=min(plain_hist["val_loss"]), margin=0.10)
+              last=plain_hist.last("val_loss"), lowest=min(plain_hist["val_loss"]), margin=0.10,
+              why="too few epochs to reach the overfitting phase")
 
 # %% [markdown]
 # Early stopping picked its epoch on the validation set. Its honest score is on the test
@@ -407,12 +410,14 @@ for name, acc in tiny_test.items():
     print(f"{name:24s} test accuracy {acc:.3f}")
 session.claim("augmentation_helps_tiny", "On the tiny set, augmentation beats the plain model "
               "on test digits by 2 points or more.", "aug - plain >= margin",
-              aug=tiny_test["augmentation"], plain=plain_test_acc, margin=0.02)
+              aug=tiny_test["augmentation"], plain=plain_test_acc, margin=0.02,
+              why="the augmentation is too weak or too strong for this tiny set")
 session.claim("restraints_no_gain", "Dropout with weight decay, and early stopping, each end "
               "within 2 points of the plain model on test digits.",
               "abs(dropout_wd - plain) <= margin and abs(early - plain) <= margin",
               dropout_wd=tiny_test["dropout + weight decay"], early=early_test,
-              plain=plain_test_acc, margin=0.02)
+              plain=plain_test_acc, margin=0.02,
+              why="on a different tiny set the restraints can help or hurt a little more")
 
 # ### Exercise 4: read the experiment
 #

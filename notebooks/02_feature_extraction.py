@@ -280,13 +280,16 @@ print(f"k = 10: source-model probe {probe10:.3f}, random-init probe {random10:.3
       f"pixels {pixels10:.3f}")
 session.claim("probe_beats_random_k10", "At k = 10, the source model's features beat a "
               "random-init network's features, probed the same way, by 3 points or more.",
-              "probe - random >= margin", probe=probe10, random=random10, margin=0.03)
+              "probe - random >= margin", probe=probe10, random=random10, margin=0.03,
+              why="the source model is undertrained (fewer source digits or epochs)")
 session.claim("random_beats_pixels_k10", "At k = 10, even random-init convolutional features "
               "beat raw pixels, probed the same way, by 3 points or more.",
-              "random - pixels >= margin", random=random10, pixels=pixels10, margin=0.03)
+              "random - pixels >= margin", random=random10, pixels=pixels10, margin=0.03,
+              why="an unlucky random initialisation")
 session.claim("probe_beats_pixels_k10", "At k = 10, the source model's features beat raw "
               "pixels, probed the same way, by 10 points or more.",
-              "probe - pixels >= margin", probe=probe10, pixels=pixels10, margin=0.10)
+              "probe - pixels >= margin", probe=probe10, pixels=pixels10, margin=0.10,
+              why="the source model is undertrained")
 
 # %% [markdown]
 # Is the gap about labels, or about time? Give scratch and fine-tune six times the budget
@@ -306,10 +309,12 @@ session.claim("longer_budget_narrows_gap", "With six times the steps, scratch cl
               "5 points of its gap to fine-tuning at k = 10.",
               "(finetune - scratch) - (finetune_long - scratch_long) >= margin",
               finetune=finetune10, scratch=scratch10, finetune_long=finetune10_long,
-              scratch_long=scratch10_long, margin=0.05)
+              scratch_long=scratch10_long, margin=0.05,
+              why="scratch had a lucky draw at the short budget")
 session.claim("finetune_ahead_long", "Even with six times the steps, fine-tuning stays ahead "
               "of scratch at k = 10 by 2 points or more.", "finetune_long - scratch_long >= margin",
-              finetune_long=finetune10_long, scratch_long=scratch10_long, margin=0.02)
+              finetune_long=finetune10_long, scratch_long=scratch10_long, margin=0.02,
+              why="scratch caught up: with more steps it eventually does")
 
 # %% [markdown]
 # ### Exercise 3: read the numbers
@@ -359,7 +364,8 @@ knn_random = tlc.record("knn_random_features", tlc.features.knn_accuracy(shown_r
 session.claim("source_features_cluster", "Target digits' nearest neighbours share their class "
               "more often in the source model's features than in random-init features, by 3 "
               "points or more.", "source - random >= margin", source=knn_source,
-              random=knn_random, margin=0.03)
+              random=knn_random, margin=0.03,
+              why="an unusually good random initialisation")
 
 # %% [markdown]
 # ## 7. ImageNet features on real photos

@@ -127,7 +127,8 @@ tlc.record("ft_last_block_acc", depth_runs["last block"][2])
 tlc.record("ft_all_acc", depth_runs["all"][2])
 session.claim("unfreezing_helps", "Fine-tuning everything beats training the head alone by 2 "
               "points or more.", "all - head >= margin", all=depth_runs["all"][2],
-              head=depth_runs["head only"][2], margin=0.02)
+              head=depth_runs["head only"][2], margin=0.02,
+              why="the head alone got a lucky start; one run per session")
 fig, axes = plt.subplots(1, 2, figsize=(9, 3))
 names = list(depth_runs)
 axes[0].bar(names, [depth_runs[n][2] for n in names], color="tab:blue")
@@ -229,11 +230,13 @@ ft_gradual = tlc.record("ft_gradual_acc", mean(recipe_acc["gradual"]))
 session.claim("discriminative_keeps_block1", "With discriminative learning rates the first "
               "block moves less than half as far from its pretrained weights as with one rate.",
               "disc < margin * uniform", disc=shifts["discriminative"]["block1"],
-              uniform=shifts["uniform"]["block1"], margin=0.5)
+              uniform=shifts["uniform"]["block1"], margin=0.5,
+              why="the decay or learning rates were changed")
 session.claim("recipes_no_clear_winner", "On this pair, discriminative learning rates and "
               "gradual unfreezing each end within 3 points of plain fine-tuning with one rate "
               "(mean over seeds).", "abs(disc - uniform) <= margin and abs(gradual - uniform) "
-              "<= margin", uniform=ft_uniform, disc=ft_disc, gradual=ft_gradual, margin=0.03)
+              "<= margin", uniform=ft_uniform, disc=ft_disc, gradual=ft_gradual, margin=0.03,
+              why="one recipe had unlucky seeds; three seeds give a wide spread")
 
 # %% [markdown]
 # So discriminative rates did what they say (the early block barely moved) without changing
@@ -292,7 +295,8 @@ print(f"BatchNorm of frozen block1 kept in eval mode: {bn_frozen:.3f}; "
       f"left in train mode: {bn_train:.3f}")
 session.claim("bn_mode_no_difference", "On this pair, keeping the frozen block's BatchNorm "
               "in eval mode or letting it update ends within 2 points (mean over seeds).",
-              "abs(frozen - train) <= margin", frozen=bn_frozen, train=bn_train, margin=0.02)
+              "abs(frozen - train) <= margin", frozen=bn_frozen, train=bn_train, margin=0.02,
+              why="noisy batch statistics with batches of 8 on an unlucky draw")
 
 # %% [markdown]
 # No difference here, and the reason is the data: source and target are the same kind of
@@ -379,14 +383,17 @@ neg_scrambled_uni = tlc.record("neg_scrambled_uniform_acc",
 # %%
 session.claim("scrambled_loses_the_gain", "The scrambled source ends at least 5 points below "
               "the digits 0-4 source (discriminative rates).", "source - scrambled >= margin",
-              source=neg_source, scrambled=neg_scrambled, margin=0.05)
+              source=neg_source, scrambled=neg_scrambled, margin=0.05,
+              why="the scrambled source learnt more general filters than usual")
 session.claim("source_above_scratch", "The digits 0-4 source ends above training from "
               "scratch by 5 points or more.", "source - scratch >= margin", source=neg_source,
-              scratch=neg_scratch, margin=0.05)
+              scratch=neg_scratch, margin=0.05,
+              why="scratch had a lucky draw of 10 images per class")
 session.claim("scrambled_not_below_scratch", "The scrambled source does not end more than 2 "
               "points below scratch: on this pair it loses transfer's gain rather than hurts.",
               "scratch - scrambled <= margin", scratch=neg_scratch, scrambled=neg_scrambled,
-              margin=0.02)
+              margin=0.02,
+              why="the scrambled source had an unlucky draw")
 session.claim("one_lr_helps_scrambled", "For the scrambled source, one learning rate for all "
               "blocks does at least as well as discriminative rates.",
               "uniform - disc >= margin", uniform=neg_scrambled_uni, disc=neg_scrambled,
@@ -446,8 +453,7 @@ panel = tlc.widgets.TrainingPanel(train_with, {
 panel
 
 # %%
-panel_history = panel.run()
-print(panel_history.summary())
+panel_history = panel.run(in_panel=False)  # a click draws into the panel instead
 
 # %% [markdown]
 # ## What we saw

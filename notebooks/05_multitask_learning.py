@@ -197,7 +197,8 @@ session.claim("shared_matches_single", "The shared model is within 2 points of t
               "abs(right_shared - right_single) <= margin",
               left_shared=shared_run[1]["left"], left_single=single_runs["left"][1]["left"],
               right_shared=shared_run[1]["right"], right_single=single_runs["right"][1]["right"],
-              margin=0.02)
+              margin=0.02,
+              why="one task's head got a slow start; one run per session")
 
 # %% [markdown]
 # The history keeps every task's loss and accuracy (`val_left_acc`, `val_right_acc`, ...),
@@ -372,7 +373,8 @@ session.claim("noise_effect_small", "At this size the noise task moves mean accu
               "most 2.5 points either way, with equal weights, uncertainty weighting or PCGrad.",
               "max(abs(equal), abs(uncertainty), abs(pcgrad)) <= margin",
               equal=noise_change["+noise equal"], uncertainty=noise_change["+noise uncertainty"],
-              pcgrad=noise_change["+noise pcgrad"], margin=0.025)
+              pcgrad=noise_change["+noise pcgrad"], margin=0.025,
+              why="a larger trunk or more epochs let the network memorise the noise labels")
 
 # %% [markdown]
 # A small effect, and its sign changes from seed to seed (see the benchmark table in the
@@ -397,10 +399,12 @@ session.claim("noise_loss_at_chance", "The noise task's training loss ends withi
               "chance, log 10, and above both digit losses.",
               "abs(noise - chance) <= margin and noise > max(left, right)",
               noise=task_losses["noise"], chance=math.log(10), left=task_losses["left"],
-              right=task_losses["right"], margin=0.05)
+              right=task_losses["right"], margin=0.05,
+              why="more epochs or a larger trunk start to memorise the random labels")
 session.claim("noise_turned_down", "Uncertainty weighting gives the noise task the smallest "
               "weight.", "noise < min(left, right)", noise=learned_weights["noise"],
-              left=learned_weights["left"], right=learned_weights["right"])
+              left=learned_weights["left"], right=learned_weights["right"],
+              why="too few epochs for the weights to settle")
 
 # ### Exercise 3: which task was turned down?
 #

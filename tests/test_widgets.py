@@ -113,3 +113,20 @@ def test_box_holds_controls_button_and_output(panel_and_fn):
     children = list(panel.box.children)
     assert children[:3] == list(panel.controls.values())
     assert children[3] is panel.button and children[4] is panel.output
+
+
+def test_headless_run_draws_as_cell_output_not_into_the_panel(panel_and_fn, capsys, monkeypatch):
+    """`in_panel=False` (what notebook 03 runs headless) trains the same way but never
+    captures into the Output widget (nbclient can hang on such captured output)."""
+    panel, fn = panel_and_fn
+    entered = []
+    monkeypatch.setattr(type(panel.output), "__enter__",
+                        lambda self: entered.append(True) or self)
+    history = panel.run(in_panel=False, epochs=2)
+    assert fn.calls == [{"epochs": 2, "lr": pytest.approx(1e-3), "method": "finetune"}]
+    assert entered == [] and panel.history is history
+    assert history.summary() in capsys.readouterr().out
+    plt.close("all")
+    panel.run(epochs=2)  # a click's path still draws into the panel
+    assert entered == [True]
+    plt.close("all")

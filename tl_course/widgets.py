@@ -2,7 +2,11 @@
 
 Works in JupyterLab and in Colab (with the custom widget manager the install cell
 enables). Headless runs (nbval, `tl-course run`) cannot press buttons, so notebook 03
-calls `panel.run()` once with the default settings: the same code path as a click.
+calls `panel.run(in_panel=False)` once with the default settings: the same training code
+as a click, with the curves drawn as the cell's own output. Drawing into the panel's
+`Output` widget from a headless run is what we avoid: nbclient sometimes never receives
+the cell's reply after output captured by an Output widget (jupyter/nbclient#312), and the
+run hangs until its timeout.
 """
 
 from __future__ import annotations
@@ -32,12 +36,9 @@ class TrainingPanel:
         """The current setting of every control, by name."""
         return {name: c.value for name, c in self.controls.items()}
 
-    def run(self, **overrides: Any) -> History:
-        """Train with the controls' values (overridden by keyword), draw the curves."""
-        import matplotlib.pyplot as plt
-
-        from .plots import plot_history
-
+    def run(self, in_panel: bool = True, **overrides: Any) -> History:
+        """Train with the controls' values (overridden by keyword), draw the curves: in the
+        panel's output area (a click), or as ordinary cell output (`in_panel=False`)."""
         settings = {**self.values(), **overrides}
         self.button.disabled = True
         try:
@@ -45,17 +46,28 @@ class TrainingPanel:
         finally:
             self.button.disabled = False
         self.history = history
-        with self.output:
-            self.output.clear_output(wait=True)
-            fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
-            plot_history(history, "loss", ax=axes[0])
-            plot_history(history, "acc", ax=axes[1])
-            shown = ", ".join(f"{k}={v}" for k, v in settings.items())
-            fig.suptitle(shown, fontsize=9)
-            plt.tight_layout()
-            plt.show()
-            print(history.summary())
+        if in_panel:
+            with self.output:
+                self.output.clear_output(wait=True)
+                self._draw(history, settings)
+        else:
+            self._draw(history, settings)
         return history
+
+    @staticmethod
+    def _draw(history: History, settings: Mapping[str, Any]) -> None:
+        import matplotlib.pyplot as plt
+
+        from .plots import plot_history
+
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+        plot_history(history, "loss", ax=axes[0])
+        plot_history(history, "acc", ax=axes[1])
+        shown = ", ".join(f"{k}={v}" for k, v in settings.items())
+        fig.suptitle(shown, fontsize=9)
+        plt.tight_layout()
+        plt.show()
+        print(history.summary())
 
     def _ipython_display_(self) -> None:
         from IPython.display import display
