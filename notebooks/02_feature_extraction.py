@@ -85,6 +85,9 @@ plt.show()
 # `tlc.transfer.source_model` trains the course's `DigitCNN` on the source task, seeded, and
 # caches it: the first call trains (seconds to a minute), later calls and later notebooks
 # load the same weights.
+# The source model is the same in every session (trained once, with seed 0): the spread
+# over session seeds below covers the target images and initialisations, not the source
+# model's own training.
 
 # %%
 source_cnn = tlc.transfer.source_model(profile, device, source)
@@ -159,9 +162,9 @@ print(f"features {tuple(train_features.x.shape)}; probe: {probe_history.last('va
       f"in {probe_seconds:.2f}s")
 
 # %% [markdown]
-# The same head on the same features: the probe gets there many times faster, because the
-# body runs once instead of once per epoch (the saving grows with the epochs and the size
-# of the backbone).
+# The same head on the same features, so about the same accuracy; the probe trains at least
+# 3 times faster (the claim below), because the body runs once instead of once per epoch.
+# The saving grows with the epochs and the size of the backbone.
 
 # %%
 speedup = tlc.record("probe_speedup", frozen_seconds / probe_seconds)
@@ -231,7 +234,9 @@ seeds = [session.seed * profile.seeds + i for i in range(profile.seeds)]  # new 
 sweep_pool, sweep_val = tlc.data.split(target.train, val_fraction=0.2, seed=seeds[0])
 sweep_train = tlc.data.per_class_subset(sweep_pool, 10, seed=seeds[0])  # disjoint from val
 scratch_lr, sweep = tlc.transfer.tune_scratch_lr(sweep_train, sweep_val, device,
-                                                 profile.small_steps, seeds=seeds[:1])
+                                                 profile.small_steps,
+                                                 lrs=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
+                                                 seeds=seeds[:1])
 print("scratch validation accuracy by lr:", {f"{lr:g}": round(a, 3) for lr, a in sweep.items()})
 print(f"scratch uses lr {scratch_lr:g}")
 
@@ -243,9 +248,9 @@ print(f"{len(seeds)} seed(s), {profile.small_steps} steps per run\n")
 print(tlc.transfer.results_table(efficiency))
 
 # %% [markdown]
-# Read the spread (± over seeds) as well as the means: a network starting from random
-# weights is far from done after this budget, and which k images it happens to see
-# matters more to it than to the transferred models.
+# Read the spread (± over seeds) as well as the means. Each seed changes both which k
+# images are picked and the initialisation; a network starting from random weights is far
+# from done after this budget, so expect its spread to be wide.
 
 # %%
 tlc.plots.plot_label_efficiency(efficiency)
@@ -287,8 +292,8 @@ session.claim("random_beats_pixels_k10", "At k = 10, even random-init convolutio
               "random - pixels >= margin", random=random10, pixels=pixels10, margin=0.03,
               why="an unlucky random initialisation")
 session.claim("probe_beats_pixels_k10", "At k = 10, the source model's features beat raw "
-              "pixels, probed the same way, by 10 points or more.",
-              "probe - pixels >= margin", probe=probe10, pixels=pixels10, margin=0.10,
+              "pixels, probed the same way, by 8 points or more.",
+              "probe - pixels >= margin", probe=probe10, pixels=pixels10, margin=0.08,
               why="the source model is undertrained")
 
 # %% [markdown]
@@ -338,8 +343,8 @@ tlc.exercises.check_transfer_gap(gap, efficiency, k=10)
 #
 # A 2-D t-SNE map of target digits (5-9), which the source model **never saw**, through its
 # features, next to the same map through a randomly initialised CNN. A map is a picture,
-# not a measurement: the number under it is. For each digit we ask whether most of its 5
-# nearest neighbours in feature space (standardised) share its class.
+# not a measurement: the number under it is. For each digit we ask whether the most common
+# class among its 5 nearest neighbours in feature space (standardised) is its own.
 
 # %%
 n_show = min(len(test_features), 600)
@@ -388,7 +393,8 @@ if not photos.available:
 
 # %% [markdown]
 # Probe on ImageNet features, and the same probe on a randomly initialised ResNet-18 for
-# comparison: the difference is what ImageNet pretraining buys with 20 labels per class.
+# comparison: their difference estimates what ImageNet pretraining buys with 20 labels per
+# class (one draw of images, not checked over seeds).
 
 # %%
 if photos.available:
@@ -413,13 +419,13 @@ if photos.available:
 #
 # - A frozen body plus a new head transfers: with 10 labels per class, a linear probe on the
 #   0-4 model's features beat the same probe on random-init features and on raw pixels
-#   (the claims under section 5 give the margins). Random convolutional features were
-#   already far better than pixels: part of what transfers is the architecture itself.
+#   (the claims under section 5 give the margins). Random convolutional features already
+#   beat pixels by 3 points or more: part of what transfers is the architecture itself.
 # - When the body is frozen, compute its features once: the linear probe trains the same
-#   head many times faster (`probe_speedup`).
-# - With few labels and a small budget, fine-tuning beat scratch training with a tuned
-#   learning rate; six times the steps closed part of that gap, not all of it. Transfer
-#   saved labels *and* steps here.
+#   head at least 3 times faster (`probe_speedup`).
+# - At 10 labels per class and the same small budget, fine-tuning beat scratch training
+#   with a tuned learning rate by 8 points or more; six times the steps closed at least 5
+#   points of that gap and left at least 2.
 # - Target digits' nearest neighbours shared their class more often in the source features
 #   than in random-init features (`knn_source_features` vs `knn_random_features`).
 # - Section 7 runs the same probe with ImageNet weights on real photos when they are

@@ -201,8 +201,9 @@ session.claim("shared_matches_single", "The shared model is within 2 points of t
               why="one task's head got a slow start; one run per session")
 
 # %% [markdown]
-# The history keeps every task's loss and accuracy (`val_left_acc`, `val_right_acc`, ...),
-# so the per-task curves come for free.
+# The history keeps every task's loss and accuracy (`val_left_acc`, `val_right_acc`, ...:
+# measured here on the test pairs, since nothing is chosen from them), so the per-task
+# curves come for free.
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
@@ -274,8 +275,9 @@ for weighting, (_, acc, seconds) in weighting_runs.items():
     print(f"{weighting:12s} left {acc['left']:.3f}  right {acc['right']:.3f}  {seconds:5.1f}s")
 
 # %% [markdown]
-# The learned weights $e^{-s_t}$ per epoch: a task whose loss is higher ends with a lower
-# weight. PCGrad costs one backward pass per task, which shows in its wall time.
+# The learned weights $e^{-s_t}$ per epoch: watch whether the task whose loss is higher ends
+# with the lower weight (section 5 checks it for a noise task). PCGrad costs one backward
+# pass per task, which should show in its wall time above.
 
 # %%
 unc_history = weighting_runs["uncertainty"][0]
@@ -333,20 +335,21 @@ for name, (_, acc, _) in scarce_runs.items():
 gain = scarce_runs["left + right"][1]["left"] - scarce_runs["left only"][1]["left"]
 print(f"the auxiliary task changed left accuracy by {gain:+.3f}")
 tlc.record("mtl_aux_gain", gain)
-session.claim("aux_helps_scarce", "With scarce left-digit labels, training on the right "
-              "digit too raises left-digit test accuracy.", "gain > margin", gain=gain,
-              margin=0.0, why="one run per seed: the gain varies with the initialisation")
 
 # %% [markdown]
-# How much the extra task is worth should depend on how much the main task's own labels
-# already teach; we measured one size only. Try a smaller or larger `n_scarce`, or give the
+# Is that change larger than the run-to-run noise? One run cannot say: the change moves
+# by several points from seed to seed (the README's benchmark table gives `mtl_aux_gain`
+# as mean ± std over seeds), so no claim is made here. How much the extra task is worth
+# should also depend on how much the main task's own labels already teach; we measured
+# one size only. Try a smaller or larger `n_scarce`, or give the
 # single-task model more epochs on its few labelled images, and see where the advantage
 # goes.
 #
-# ## 5. A task that hurts: negative transfer
+# ## 5. A task that should hurt? Random labels
 #
 # Now add the `noise` task: a random label per image. Nothing in the picture predicts it,
-# so the trunk could learn it only by memorising images, which pulls it away from the digits.
+# so the trunk could learn it only by memorising images, which could pull it away from the
+# digits.
 # Compare left and right accuracy without it (the equal-weight run of section 3, same
 # pairs), with it at equal weight, and with the two remedies.
 
@@ -370,16 +373,17 @@ tlc.record("mtl_noise_equal_change", noise_change["+noise equal"])
 tlc.record("mtl_noise_uncertainty_change", noise_change["+noise uncertainty"])
 tlc.record("mtl_noise_pcgrad_change", noise_change["+noise pcgrad"])
 session.claim("noise_effect_small", "At this size the noise task moves mean accuracy by at "
-              "most 2.5 points either way, with equal weights, uncertainty weighting or PCGrad.",
+              "most 3 points either way, with equal weights, uncertainty weighting or PCGrad.",
               "max(abs(equal), abs(uncertainty), abs(pcgrad)) <= margin",
               equal=noise_change["+noise equal"], uncertainty=noise_change["+noise uncertainty"],
-              pcgrad=noise_change["+noise pcgrad"], margin=0.025,
+              pcgrad=noise_change["+noise pcgrad"], margin=0.03,
               why="a larger trunk or more epochs let the network memorise the noise labels")
 
 # %% [markdown]
-# A small effect, and its sign changes from seed to seed (see the benchmark table in the
-# README): the trunk does not learn the noise task at all (next cell), so its gradients
-# are mostly noise added to the digits' gradients, which costs little at this size.
+# A small effect, and not always the same sign from seed to seed (the README's benchmark
+# table gives the mean ± std of `mtl_noise_equal_change`). A plausible reason, not
+# measured: the trunk does not learn the noise task at all (next cell), so its gradients
+# are mostly noise added to the digits' gradients.
 
 # %% [markdown]
 # The learned uncertainty weights tell the story of the noise task. In principle its loss
@@ -406,6 +410,7 @@ session.claim("noise_turned_down", "Uncertainty weighting gives the noise task t
               left=learned_weights["left"], right=learned_weights["right"],
               why="too few epochs for the weights to settle")
 
+# %% [markdown]
 # ### Exercise 3: which task was turned down?
 #
 # From the learned weights above, which task did uncertainty weighting give the smallest
@@ -424,7 +429,7 @@ tlc.exercises.check_turned_down(turned_down, learned_weights)
 # %% [markdown]
 # ## 6. Weigh the tasks yourself
 #
-# Fixed weights trade one task against another. Move the sliders and press **Train** to
+# Fixed weights can trade one task against another. Move the sliders and press **Train** to
 # train a shared model with those weights on the smaller set and see both accuracies.
 # The cell first does one plain run with the weights below, so it also works where
 # widgets do not (e.g. when the notebook runs as a test).
@@ -473,11 +478,11 @@ display(widgets.VBox([*sliders.values(), button, out]))
 # - The history kept every task's loss and accuracy; uncertainty weighting learned one
 #   weight per task, PCGrad removed conflicting gradient components at the price of one
 #   backward pass per task; section 3's table shows what each did for the two digits.
-# - An auxiliary task is a source of supervision for the shared trunk: with scarce
-#   left-digit labels, the right-digit labels raised left-digit accuracy (claim
-#   `aux_helps_scarce`; section 4 prints by how much).
+# - An auxiliary task is a source of supervision for the shared trunk; with few scarce
+#   left-digit labels, its effect on left-digit accuracy was smaller than the run-to-run
+#   noise of a single run, so section 4 makes no claim.
 # - A task unrelated to the others (random labels) was not learnt at all (its loss stayed at
-#   chance) and moved accuracy by at most a couple of points, in either direction. Uncertainty
+#   chance) and moved accuracy by at most 3 points, in either direction. Uncertainty
 #   weighting turned it down, because its loss stayed the highest.
 #
 # Multi-task learning is transfer in all directions at once: the same question as in

@@ -81,7 +81,11 @@ def check_negative_transfer(answer: Any, accuracies: Mapping[str, float]) -> boo
         return feedback(answer == "none", "on this run no start point fell below scratch.",
                         "on this run nothing did worse than scratch: answer 'none'")
     if answer in worse:
+        gap = accuracies["scratch"] - accuracies[answer]
+        verdict = ("negative transfer on this run" if gap > 0.02 else
+                   "a gap this small (under 2 points) may be noise: a lost gain, not clear "
+                   "negative transfer")
         return feedback(True, f"{answer!r} ({accuracies[answer]:.3f}) is below scratch "
-                        f"({accuracies['scratch']:.3f}): negative transfer.", "")
+                        f"({accuracies['scratch']:.3f}): {verdict}.", "")
     return feedback(False, "", f"{answer!r} is not below scratch ({accuracies['scratch']:.3f}) "
                     "on this run: which start point fell below it?")
