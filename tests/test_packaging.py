@@ -62,3 +62,20 @@ def test_python_floor_matches():
     assert meta["requires-python"] == ">=3.10"
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     assert "python>=3.10" in env["dependencies"]
+
+
+def test_wheel_ships_the_reference_results(tmp_path):
+    """Colab installs from a git URL (a wheel): failed claims quote the benchmark's results,
+    so the JSON must be package data, not only present in a checkout."""
+    import subprocess
+    import sys
+    import zipfile
+
+    assert "reference_results.json" in _pyproject()["tool"]["setuptools"]["package-data"][
+        "tl_course"]
+    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+           "-w", str(tmp_path), str(ROOT)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    wheel = next(tmp_path.glob("tl_course-*.whl"))
+    assert "tl_course/reference_results.json" in zipfile.ZipFile(wheel).namelist()
