@@ -92,5 +92,5 @@ def test_non_identifier_names_raise(card, name):
 
 
 def test_target_is_none_without_env():
-    assert runcard._target({}) is None
-    assert runcard._target({RUNCARD_ENV: ""}) is None
+    assert runcard.card_path({}) is None
+    assert runcard.card_path({RUNCARD_ENV: ""}) is None

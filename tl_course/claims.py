@@ -26,7 +26,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from .runcard import _target, _update
+from .runcard import card_path, merge_into_card
 
 # The benchmark's measurements over seeds (benchmarks/claims.py writes this file).
 REFERENCE_FILE = "reference_results.json"
@@ -168,9 +168,9 @@ def claim(
               f"usually {usually(name)}{reason}")
     entry = {"name": name, "text": text, "condition": condition, "margin": float(margin),
              "numbers": values, "holds": holds, "profile": profile, "why": why}
-    path = _target(env)
+    path = card_path(env)
     if path is not None:
-        _update(path, {"claims": [entry]})
+        merge_into_card(path, {"claims": [entry]})
     return holds
 
 

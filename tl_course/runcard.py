@@ -18,7 +18,7 @@ from typing import Any
 RUNCARD_ENV = "TL_COURSE_RUNCARD"
 
 
-def _update(path: Path, update: Mapping[str, Any]) -> None:
+def merge_into_card(path: Path, update: Mapping[str, Any]) -> None:
     """Merge `update` into the JSON object at `path`, written atomically."""
     data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
     for key, value in update.items():
@@ -33,7 +33,8 @@ def _update(path: Path, update: Mapping[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _target(env: Mapping[str, str] | None) -> Path | None:
+def card_path(env: Mapping[str, str] | None) -> Path | None:
+    """The run card file `TL_COURSE_RUNCARD` names (set by `tl-course run`), or None."""
     env = os.environ if env is None else env
     return Path(env[RUNCARD_ENV]) if env.get(RUNCARD_ENV) else None
 
@@ -46,18 +47,18 @@ def record(name: str, value: float, env: Mapping[str, str] | None = None) -> flo
     if not math.isfinite(value):
         raise ValueError(f"metric {name!r} is {value}; record finite numbers only")
     print(f"recorded {name} = {value:.4f}")
-    path = _target(env)
+    path = card_path(env)
     if path is not None:
-        _update(path, {"metrics": {name: value}})
+        merge_into_card(path, {"metrics": {name: value}})
     return value
 
 
 def record_skip(section: str, reason: str, env: Mapping[str, str] | None = None) -> None:
     """Note that `section` was skipped and why (printed, and listed in the run card)."""
     print(f"skipped section {section!r}: {reason}")
-    path = _target(env)
+    path = card_path(env)
     if path is not None:
-        _update(path, {"skipped": [{"section": section, "reason": reason}]})
+        merge_into_card(path, {"skipped": [{"section": section, "reason": reason}]})
 
 
 def read(path: str | os.PathLike) -> dict[str, Any]:

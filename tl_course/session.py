@@ -11,7 +11,7 @@ import torch
 from .claims import claim
 from .device import environment_summary, get_device, in_colab, seed_everything
 from .profile import Profile, get_profile
-from .runcard import _target, _update
+from .runcard import card_path, merge_into_card
 
 SEED_ENV = "TL_COURSE_SEED"
 
@@ -73,9 +73,9 @@ def start(
     minutes = prof.minutes.get(notebook)
     eta = f" | estimated time ~{minutes:g} min" if minutes is not None else ""
     print(f"tl-course {notebook} | {environment_summary(dev, prof.name)} | seed {seed}{eta}")
-    path = _target(env)
+    path = card_path(env)
     if path is not None:
-        _update(path, {"session": {"seed": seed, "profile": prof.name}})
+        merge_into_card(path, {"session": {"seed": seed, "profile": prof.name}})
     if in_colab() and dev.type != "cuda":
         print(COLAB_NO_GPU)
     elif prof.name == "gpu" and dev.type != "cuda":
