@@ -279,3 +279,133 @@ def test_recipe_anneals_the_learning_rate_like_ganin():
     assert lrs[5] == pytest.approx(recipe.lr / (1 + 10 * 0.5) ** 0.75)
     assert all(a > b for a, b in zip(lrs[:-1], lrs[1:], strict=True))
     assert recipe.epochs(tlc.get_profile("cpu")) > tlc.get_profile("cpu").epochs
+
+
+def test_ganin_cnn_normalisations_and_batchnorm_everywhere():
+    from tl_course.adapt import GaninCNN
+
+    model = GaninCNN(10, batchnorm=True, normalize="batch")
+    kinds = [type(m) for m in model.modules()]
+    # Input BatchNorm (3 channels) + one per convolution, and one per hidden FC layer.
+    assert kinds.count(nn.BatchNorm2d) == 3 and kinds.count(nn.BatchNorm1d) == 2
+    assert model.blocks["input_bn"].num_features == 3
+    assert "standardize" not in model.blocks
+    plain = GaninCNN(10, batchnorm=False, normalize="none")
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in plain.modules())
+    with pytest.raises(ValueError, match="normalisation 'pixel'.*image, batch, none"):
+        GaninCNN(10, normalize="pixel")
+
+
+def test_each_method_has_its_own_recipe_and_baseline():
+    from tl_course.adapt import BASELINES, LABELS, METHODS, recipe_for
+
+    assert set(BASELINES) <= set(METHODS) and set(BASELINES.values()) <= set(METHODS)
+    assert set(LABELS) == set(METHODS)
+    for method, base in BASELINES.items():
+        if method not in ("oracle", "dann_coral"):  # a baseline shares its method's recipe
+            assert recipe_for(method) == recipe_for(base), method
+    assert recipe_for("adabn").batchnorm and not recipe_for("source_only").batchnorm
+    assert recipe_for("adabn").normalize == "batch"
+    coral = recipe_for("coral")
+    opt, sched = coral.optimizer(coral.model(), epochs=3)
+    assert isinstance(opt, torch.optim.Adam) and sched is None and coral.coral_trade_off >= 100
+    with pytest.raises(ValueError, match="unknown method 'mmd'"):
+        recipe_for("mmd")
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        tlc.adapt.Recipe(optimizer_name="rmsprop").optimizer(nn.Linear(2, 2), 1)
+
+
+def test_run_method_rejects_an_unknown_method(cpu):
+    with pytest.raises(ValueError, match="unknown method 'mmd'.*source_only"):
+        tlc.adapt.run_method("mmd", None, tlc.get_profile("smoke"), cpu)
+
+
+# ----------------------------------------------------------------- proxy A-distance
+
+
+def test_proxy_a_distance_is_near_0_for_one_domain_and_2_for_separable_ones():
+    from tl_course.adapt import proxy_a_distance
+
+    rng = np.random.default_rng(0)
+    f = rng.normal(size=(400, 8))
+    # Two samples of the same distribution: a classifier cannot beat a coin.
+    same = proxy_a_distance(f[:200], f[200:])
+    assert abs(same) < 0.3
+    # Identical sets: every point appears with both labels.
+    assert abs(proxy_a_distance(f[:200], f[:200])) < 0.3
+    # Far apart along one feature: never wrong.
+    shifted = f[200:] + np.r_[20.0, np.zeros(7)]
+    assert proxy_a_distance(f[:200], shifted) == pytest.approx(2.0)
+
+
+def test_proxy_a_distance_is_2_times_1_minus_2_err():
+    """Independent: one feature, source all at 0, target at 1 except 40 of 400 at 0.
+
+    The points at 0 are mostly source (400 vs 40), so the best rule calls 0 "source" and
+    errs exactly on the target's zeros: err = 40 / 800 = 0.05 in expectation over the
+    held-out half, and the distance is 2 (1 - 2 x 0.05) = 1.8.
+    """
+    from tl_course.adapt import proxy_a_distance
+
+    s = np.zeros((400, 1))
+    t = np.ones((400, 1))
+    t[:40] = 0.0
+    pads = [proxy_a_distance(s, t, seed=k) for k in range(5)]
+    assert 1.7 < np.mean(pads) < 1.9
+    assert all(2 * (1 - 2 * 40 / 400) <= p <= 2.0 for p in pads)  # at worst all 40 held out
+
+
+def test_proxy_a_distance_bad_inputs():
+    from tl_course.adapt import proxy_a_distance
+
+    with pytest.raises(ValueError, match="same d"):
+        proxy_a_distance(np.zeros((10, 3)), np.zeros((10, 4)))
+    with pytest.raises(ValueError, match="at least 4"):
+        proxy_a_distance(np.zeros((2, 3)), np.zeros((10, 3)))
+
+
+# ----------------------------------------------------------------- DANN + CORAL
+
+
+def test_dann_coral_loss_matches_a_hand_computation(cpu):
+    """CE + w_d * BCE(domain) + w_c * CORAL, each term computed here independently."""
+    from tl_course.adapt import GaninCNN, dann_coral_step
+
+    torch.manual_seed(0)
+    model = DANN(GaninCNN(10, batchnorm=False))
+    x_s, x_t = torch.rand(6, 3, 28, 28), torch.rand(5, 3, 28, 28) * 0.5
+    y_s = torch.arange(6) % 10
+    ctx = StepContext(cpu, True, epoch=1, epochs=4)  # progress 0.25
+    out = dann_coral_step(trade_off=0.7, coral_trade_off=3000.0)(model, ((x_s, y_s), x_t), ctx)
+    with torch.no_grad():
+        f_s, f_t = model.features(x_s).numpy(), model.features(x_t).numpy()
+        z = model.head(torch.from_numpy(f_s)).numpy()
+        d = model.discriminator(torch.from_numpy(np.concatenate([f_s, f_t]))).numpy()
+    ce = np.mean(np.log(np.exp(z).sum(1)) - z[np.arange(6), y_s.numpy()])
+    labels = np.r_[np.ones(6), np.zeros(5)]
+    p = 1 / (1 + np.exp(-d))
+    bce = -np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p))
+    dim = f_s.shape[1]
+    coral = ((np.cov(f_s, rowvar=False) - np.cov(f_t, rowvar=False)) ** 2).sum() / (4 * dim**2)
+    assert out["loss"].item() == pytest.approx(ce + 0.7 * bce + 3000.0 * coral, rel=1e-4)
+    assert out["coral"].item() == pytest.approx(coral, rel=1e-4)
+    assert model.grl.coeff == pytest.approx(dann_lambda(0.25))
+
+
+def test_dann_coral_term_reaches_the_features_of_both_domains(cpu):
+    """The CORAL term must move the feature extractor through source *and* target."""
+    from tl_course.adapt import GaninCNN, dann_coral_step
+
+    torch.manual_seed(0)
+    model = DANN(GaninCNN(10, batchnorm=False))
+    x_s, x_t = torch.rand(6, 3, 28, 28), torch.rand(5, 3, 28, 28)
+    x_t.requires_grad_(True)
+    ctx = StepContext(cpu, True, epoch=0, epochs=1)
+    # Domain weight 0 and an untrained discriminator aside, only CORAL and CE remain; CE
+    # never sees the target, so a gradient on x_t can only come from the CORAL term.
+    out = dann_coral_step(trade_off=0.0, coral_trade_off=3000.0)(
+        model, ((x_s, torch.arange(6)), x_t), ctx)
+    out["loss"].backward()
+    assert x_t.grad is not None and x_t.grad.abs().sum() > 0
+    with pytest.raises(TypeError, match="DANN model"):
+        dann_coral_step()(GaninCNN(10), ((x_s, torch.arange(6)), x_t), ctx)
