@@ -252,9 +252,7 @@ def shift(ctx: Context) -> plt.Figure:
     deck quotes from the benchmark over seeds, next to this baseline.
     """
     pair = ctx.once("mnist_m", lambda: tlc.domains.load_domains("mnist_m", ctx.profile))
-    recipe = tlc.adapt.Recipe()
-    result = tlc.adapt.run_method("source_only", pair, recipe.epochs(ctx.profile), ctx.device,
-                                  recipe, seed=0)
+    result = tlc.adapt.run_method("source_only", pair, ctx.profile, ctx.device, seed=0)
     acc = {"MNIST\n(source)": result.source_acc, "MNIST-M\n(target)": result.target_acc}
     fig, ax = plt.subplots(figsize=(6, 3.8))
     bars = ax.bar(list(acc), list(acc.values()), color=["#4477aa", "#cc6677"])

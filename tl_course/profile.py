@@ -75,7 +75,7 @@ PROFILES: dict[str, Profile] = {
         progress=True,
         seeds=3,
         small_steps=40,
-        minutes={"01": 1, "02": 1.5, "03": 1.5, "04": 1.5, "05": 2},
+        minutes={"01": 1, "02": 1.5, "03": 1.5, "04": 3, "05": 2},
     ),
     "gpu": Profile(
         name="gpu",

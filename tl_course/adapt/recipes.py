@@ -110,8 +110,9 @@ def recipe_for(method: str) -> Recipe:
       under annealed SGD gained a third as much in our runs).
     - dann_coral: the default recipe with CORAL weight 3000.
     - everything else: the default Recipe (Ganin et al.).
-    Weights and recipes were chosen on labelled target *validation* images (never the
-    test set): `python benchmarks/domain_adaptation.py --select`.
+    Weights and recipes were chosen on labelled target *validation* images (300 target
+    training images, never the test set); `python benchmarks/domain_adaptation.py
+    --select` reruns the choice of the CORAL weights.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
