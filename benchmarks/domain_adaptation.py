@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readme", action="store_true", help="update README.md's section")
     parser.add_argument("--select", action="store_true",
                         help="choose CORAL's weight on target validation images instead")
-    parser.add_argument("--weights", type=float, nargs="+", default=[300.0, 1000.0, 3000.0])
+    parser.add_argument("--weights", type=float, nargs="+",
+                        default=[300.0, 1000.0, 3000.0, 10000.0])
     args = parser.parse_args(argv)
     if args.select:
         text = select(args.profile, args.seeds, args.weights)
