@@ -14,8 +14,8 @@ def test_versions_outside_the_range_are_problems_with_a_fix(monkeypatch):
                         lambda name: "1.0.0" if name == "torch" else real(name))
     checks = {c.what.split()[0]: c for c in doctor.check_versions()}
     assert not checks["torch"].ok
-    assert "torch 1.0.0 (needs >=2.1)" in checks["torch"].line()
-    assert 'pip install "torch>=2.1"' in checks["torch"].line()
+    assert "torch 1.0.0 (needs >=2.4)" in checks["torch"].line()
+    assert 'pip install "torch>=2.4"' in checks["torch"].line()
     assert checks["numpy"].ok
 
 
