@@ -9,7 +9,10 @@ cd "$(dirname "$0")"
 PYTHON="${PYTHON:-python3}"
 VENV=".venv"
 
+# setup EXTRA: the course and what running the notebooks needs; EXTRA "[dev]" adds the
+# test tools (pytest, nbval, playwright, ruff), which a student never needs.
 setup() {
+  local extra="${1:-}"
   if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
     echo "tl-course: error: Python 3.10 or newer is needed (found: $("$PYTHON" --version 2>&1)); set PYTHON=/path/to/python3.x" >&2
     exit 1
@@ -20,11 +23,13 @@ setup() {
   fi
   # Reinstall only when the dependency list changed since the last install.
   local stamp="$VENV/.tl-course-installed" want
-  want="$(cat pyproject.toml | "$VENV/bin/python" -c 'import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')"
+  want="$( (cat pyproject.toml; echo "$extra") | "$VENV/bin/python" -c 'import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')"
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "installing tl-course and its dependencies into $VENV (first time: several minutes) ..."
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
-    "$VENV/bin/python" -m pip install --quiet -e ".[dev]"
+    # An already installed torch / torchvision inside the declared range is kept (e.g. a
+    # CPU-only build installed first from the PyTorch index): pip only replaces it if needed.
+    "$VENV/bin/python" -m pip install --quiet -e ".$extra"
     echo "$want" > "$stamp"
   fi
 }
@@ -47,12 +52,12 @@ browser_deps() {
 
 case "${1:-}" in
   lab)
-    setup
+    setup ""
     shift
     exec "$VENV/bin/jupyter" lab notebooks/ "$@"
     ;;
   test)
-    setup
+    setup "[dev]"
     browser_deps
     shift
     # Smoke profile: seconds per notebook, offline. One thread per worker so two
@@ -62,7 +67,7 @@ case "${1:-}" in
     exec "$VENV/bin/python" -m pytest -n 2 --dist loadscope "$@"
     ;;
   claims)
-    setup
+    setup "[dev]"
     shift
     # Each notebook once in the cpu profile (offline it uses the 5,000-digit sample), with
     # its claims enforced. SEED picks the session seed (default 0). Two cores, one kernel.
