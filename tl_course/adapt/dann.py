@@ -77,6 +77,30 @@ class DANN(nn.Module):
         return self.backbone(x)
 
 
+def dann_terms(model: nn.Module, batch: Any, ctx: StepContext, coeff: float,
+               caller: str = "dann_step") -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
+    """DANN's forward pass on a paired batch: (terms, f_s, f_t).
+
+    Sets the reversal strength to `coeff`, runs both domains through the features in one
+    batch, and returns the source cross-entropy, the domain loss and accuracies (no
+    "loss": each step combines the terms with its own weights) with the features.
+    """
+    if not isinstance(model, DANN):
+        raise TypeError(f"{caller} trains a tlc.adapt.DANN model, got {type(model).__name__}")
+    x_s, y_s, x_t = unpack(batch, ctx.device)
+    model.grl.coeff = coeff
+    f = model.features(torch.cat([x_s, x_t]))
+    f_s, f_t = f[: len(x_s)], f[len(x_s):]
+    logits = model.head(f_s)
+    cls_loss = F.cross_entropy(logits.float(), y_s)
+    domain_loss, domain_acc = domain_adversarial_loss(f_s, f_t, model.discriminator, model.grl)
+    terms = {
+        "cls_loss": cls_loss, "domain_loss": domain_loss, "domain_acc": domain_acc,
+        "acc": (logits.argmax(1) == y_s).float().mean(), "n": y_s.shape[0],
+    }
+    return terms, f_s, f_t
+
+
 def dann_step(
     trade_off: float = 1.0, schedule: bool = True
 ) -> Callable[[nn.Module, Any, StepContext], dict[str, Any]]:
@@ -87,20 +111,8 @@ def dann_step(
     """
 
     def step(model: nn.Module, batch: Any, ctx: StepContext) -> dict[str, Any]:
-        if not isinstance(model, DANN):
-            raise TypeError(f"dann_step trains a tlc.adapt.DANN model, got {type(model).__name__}")
-        x_s, y_s, x_t = unpack(batch, ctx.device)
-        model.grl.coeff = dann_lambda(min(ctx.progress, 1.0)) if schedule else 1.0
-        f = model.features(torch.cat([x_s, x_t]))
-        f_s, f_t = f[: len(x_s)], f[len(x_s):]
-        logits = model.head(f_s)
-        cls_loss = F.cross_entropy(logits.float(), y_s)
-        transfer_loss, domain_acc = domain_adversarial_loss(f_s, f_t, model.discriminator,
-                                                            model.grl)
-        return {
-            "loss": cls_loss + trade_off * transfer_loss,
-            "cls_loss": cls_loss, "domain_loss": transfer_loss, "domain_acc": domain_acc,
-            "acc": (logits.argmax(1) == y_s).float().mean(), "n": y_s.shape[0],
-        }
+        coeff = dann_lambda(min(ctx.progress, 1.0)) if schedule else 1.0
+        terms, _, _ = dann_terms(model, batch, ctx, coeff)
+        return {"loss": terms["cls_loss"] + trade_off * terms["domain_loss"], **terms}
 
     return step

@@ -15,14 +15,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..train import StepContext
-from ._batch import unpack
 from .coral import coral_loss
-from .dann import DANN, domain_adversarial_loss
+from .dann import dann_terms
 from .grl import dann_lambda
 
 
@@ -36,23 +33,10 @@ def dann_coral_step(
     """
 
     def step(model: nn.Module, batch: Any, ctx: StepContext) -> dict[str, Any]:
-        if not isinstance(model, DANN):
-            raise TypeError(f"dann_coral_step trains a tlc.adapt.DANN model, got "
-                            f"{type(model).__name__}")
-        x_s, y_s, x_t = unpack(batch, ctx.device)
-        model.grl.coeff = dann_lambda(min(ctx.progress, 1.0))
-        f = model.features(torch.cat([x_s, x_t]))
-        f_s, f_t = f[: len(x_s)], f[len(x_s):]
-        logits = model.head(f_s)
-        cls_loss = F.cross_entropy(logits.float(), y_s)
-        domain_loss, domain_acc = domain_adversarial_loss(f_s, f_t, model.discriminator,
-                                                          model.grl)
+        terms, f_s, f_t = dann_terms(model, batch, ctx, dann_lambda(min(ctx.progress, 1.0)),
+                                     caller="dann_coral_step")
         coral = coral_loss(f_s, f_t)
-        return {
-            "loss": cls_loss + trade_off * domain_loss + coral_trade_off * coral,
-            "cls_loss": cls_loss, "domain_loss": domain_loss, "domain_acc": domain_acc,
-            "coral": coral,
-            "acc": (logits.argmax(1) == y_s).float().mean(), "n": y_s.shape[0],
-        }
+        loss = terms["cls_loss"] + trade_off * terms["domain_loss"] + coral_trade_off * coral
+        return {"loss": loss, "coral": coral, **terms}
 
     return step
