@@ -45,10 +45,36 @@ def test_environment_yml_lists_the_same_dependencies_and_ranges():
         assert conda[name] == req, f"{name}: pyproject {req!r} vs environment.yml {conda[name]!r}"
 
 
-def test_environment_yml_installs_this_package_with_dev_extra():
+def test_environment_yml_installs_the_course_without_test_tools():
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
-    assert "-e .[dev]" in pip_section
+    assert "-e ." in pip_section and not any("[dev]" in p for p in pip_section)
+
+
+def _floor(req: str) -> str | None:
+    match = re.search(r">=\s*([0-9][0-9.]*)", req)
+    return match.group(1) if match else None
+
+
+def test_lowest_constraints_pin_every_declared_floor():
+    """.ci/lowest.txt is what the lowest-versions run installs: every dependency (and dev
+    tool) exactly at the floor pyproject.toml declares, so a floor that is not true fails there."""
+    meta = _pyproject()["project"]
+    declared = {_name(r): _floor(r) for r in
+                meta["dependencies"] + meta["optional-dependencies"]["dev"]
+                if ";" not in r}  # tomli is only for Python 3.10
+    pins = {}
+    for line in (ROOT / ".ci" / "lowest.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, version = line.split("==")
+            pins[_name(name)] = version
+    assert set(pins) == set(declared), f"only in one: {set(pins) ^ set(declared)}"
+    for name, floor in declared.items():
+        assert floor is not None, f"{name} declares no floor"
+        parts = [int(x) for x in floor.split(".")]
+        pinned = [int(x) for x in pins[name].split(".")][:len(parts)]
+        assert pinned == parts, f"{name}: floor {floor}, the lowest run pins {pins[name]}"
 
 
 def test_no_exact_pins_of_colab_preinstalled_packages():

@@ -27,6 +27,7 @@ from .data import (
     data_dir,
 )
 from .device import DeviceError, get_device, versions
+from .kit import TORCH_CPU_INDEX, KitError
 from .models import (
     BACKBONES,
     WeightsUnavailableError,
@@ -257,6 +258,36 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_kit(args: argparse.Namespace) -> int:
+    from . import classroom, kit
+
+    root = Path(args.dir)
+    weights_dir = Path(torch_hub_dir()) / "checkpoints"
+    if args.action == "check":
+        problems = kit.check(root)
+        for p in problems:
+            print(p)
+        if problems:
+            raise CLIError(f"{len(problems)} problem(s) in the kit {root}: copy it again")
+        manifest = kit.read_manifest(root)
+        print(f"kit {root} intact: {len(manifest['files'])} files, Python "
+              f"{', '.join(manifest['pythons'])} on {', '.join(manifest['platforms'])}")
+    elif args.action == "install":
+        n_data, n_weights = classroom.install_caches(root, data_dir(), weights_dir)
+        print(f"copied {n_data} dataset file(s) to {data_dir()} and {n_weights} weight "
+              f"file(s) to {weights_dir}")
+    else:
+        pythons = args.python or [f"{sys.version_info[0]}.{sys.version_info[1]}"]
+        index = args.torch_index or TORCH_CPU_INDEX
+        index = None if index == "default" else index
+        dest = classroom.build(
+            root, repo=Path(args.repo), fetch=fetchables(), data_root=data_dir(),
+            weights_dir=weights_dir, platforms=args.platform or [], pythons=pythons,
+            torch_index=index, allow_missing=args.allow_missing, slides=not args.no_slides)
+        print(f"kit ready in {dest}; copy the whole folder, then see {dest / 'README.txt'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="tl-course", description="Run, fetch and check the tl-course notebooks.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -277,6 +308,24 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.set_defaults(func=_cmd_fetch)
     doctor = sub.add_parser("doctor", help="environment summary and what is cached")
     doctor.set_defaults(func=_cmd_doctor)
+    kit = sub.add_parser("kit", help="offline classroom kit: build, check, install its data")
+    kit.add_argument("action", choices=["build", "check", "install"],
+                     help="build DIR (needs internet), check a copied DIR, or install its "
+                          "datasets and weights into this machine's caches")
+    kit.add_argument("dir", help="the kit's folder")
+    kit.add_argument("--platform", action="append", metavar="TAG",
+                     help="wheel platform tag, repeatable: manylinux_2_28_x86_64, win_amd64, "
+                          "macosx_11_0_arm64 (default: this machine)")
+    kit.add_argument("--python", action="append", metavar="X.Y",
+                     help="Python version to carry wheels for, repeatable (default: this one)")
+    kit.add_argument("--torch-index", default=None,
+                     help="index for torch / torchvision on Linux and Windows (default: the "
+                          "PyTorch CPU index; 'default' takes the normal package index)")
+    kit.add_argument("--allow-missing", action="store_true",
+                     help="leave out datasets / weights that cannot be downloaded")
+    kit.add_argument("--no-slides", action="store_true", help="leave the slides out")
+    kit.add_argument("--repo", default=".", help="the course clone to take files from")
+    kit.set_defaults(func=_cmd_kit)
     return parser
 
 
@@ -286,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (CLIError, ProfileError, DeviceError, UnknownDatasetError, DataUnavailableError,
-            WeightsUnavailableError, NotebookFailed, ClaimsFailed) as exc:
+            WeightsUnavailableError, NotebookFailed, ClaimsFailed, KitError) as exc:
         print(f"tl-course: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -76,7 +76,7 @@ def check_widgets() -> Check:
         lab = metadata.version("jupyterlab_widgets")
     except Exception as exc:  # any failure here means the panels will not render
         return Check(False, f"ipywidgets not working ({type(exc).__name__}: {exc})",
-                     'pip install "ipywidgets>=7.7" jupyterlab_widgets')
+                     'pip install "ipywidgets>=8.0" jupyterlab_widgets')
     return Check(True, f"ipywidgets {ipywidgets.__version__} with jupyterlab_widgets {lab}")
 
 
