@@ -1,6 +1,7 @@
 """tl-course: the README's commands, for Linux, macOS and Windows (no bash needed).
 
     python course.py lab [--kit DIR]   set up .venv (first run) and open JupyterLab
+    python course.py setup [--kit DIR] only set up .venv (e.g. preparing classroom laptops)
     python course.py test              set up .venv with the test tools; every unit test and
                                        notebook (smoke profile, offline)
     python course.py claims            every notebook in the cpu profile; fails if a claim fails
@@ -124,7 +125,7 @@ def run(cmd: list[str], env: dict[str, str] | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="course.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["lab", "test", "claims", "kit-check"])
+    parser.add_argument("command", choices=["lab", "setup", "test", "claims", "kit-check"])
     parser.add_argument("--kit", type=Path, help="lab: install from this offline kit")
     parser.add_argument("--venv", type=Path, default=ROOT / ".venv",
                         help="the virtual environment to use (default .venv)")
@@ -143,10 +144,13 @@ def main(argv: list[str] | None = None) -> int:
             print(p)
         print(f"{len(problems)} problem(s)" if problems else f"kit {rest[0]} intact")
         return 1 if problems else 0
-    if args.kit is not None and args.command != "lab":
-        fail("--kit goes with lab: python course.py lab --kit DIR")
-    if args.command == "lab":
+    if args.kit is not None and args.command not in ("lab", "setup"):
+        fail("--kit goes with lab or setup: python course.py lab --kit DIR")
+    if args.command in ("lab", "setup"):
         python = setup(args.venv, "", kit=args.kit, constraints=args.constraints)
+        if args.command == "setup":
+            print(f"ready: {args.venv} (open the course with: python course.py lab)")
+            return 0
         return run([str(python), "-m", "jupyterlab", str(ROOT / "notebooks"), *rest])
     python = setup(args.venv, "[dev]", constraints=args.constraints)
     if args.command == "test":

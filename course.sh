@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # tl-course: the README's commands (the work is done by course.py, which also runs on Windows).
 #   bash course.sh lab [--kit DIR]  set up .venv (first run) and open the course in JupyterLab
+#   bash course.sh setup [--kit DIR] only set up .venv
 #   bash course.sh test             set up .venv (first run) and run every unit test and notebook
 #   bash course.sh claims           every notebook in the cpu profile; fails if a claim fails
 set -euo pipefail
@@ -11,7 +12,7 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null
   exit 1
 fi
 if [ $# -eq 0 ]; then
-  echo "usage: bash course.sh lab [--kit DIR] | test | claims" >&2
+  echo "usage: bash course.sh lab [--kit DIR] | setup [--kit DIR] | test | claims" >&2
   exit 2
 fi
 exec "$PYTHON" course.py "$@"

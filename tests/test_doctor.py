@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from importlib import metadata
 
 import tl_course.doctor as doctor
@@ -50,3 +52,26 @@ def test_report_counts_missing_caches_with_fetch_commands(capsys, data_root):
     assert "!! mnist: missing  -> tl-course fetch mnist" in out
     assert "ok ipywidgets" in out
     assert out.strip().splitlines()[-1].endswith("problem(s)")
+
+
+def test_console_script_names_out_of_range_versions_when_the_course_cannot_import(
+        monkeypatch, capsys):
+    """A broken environment (here: importing the CLI fails, torch reported as 2.1.2) gets the
+    version problems and their fixes, not a traceback."""
+    from tl_course import entry
+
+    real = metadata.version
+    monkeypatch.setattr(metadata, "version",
+                        lambda name: "2.1.2" if name == "torch" else real(name))
+    monkeypatch.setitem(sys.modules, "tl_course.cli", None)  # import raises ImportError
+    assert entry.main(["doctor"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("tl-course: error: the course cannot be imported (ModuleNotFoundError")
+    assert '!! torch 2.1.2 (needs >=2.4)  -> pip install "torch>=2.4"' in err
+    assert "numpy" not in err  # only what is wrong
+
+
+def test_importing_the_package_imports_no_torch():
+    """`import tl_course` must succeed where torch is broken, so that doctor can run."""
+    code = "import sys, tl_course; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)

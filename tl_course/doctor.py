@@ -4,49 +4,15 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 from .data import data_dir
+from .deps import Check, check_versions
 from .device import DeviceError, environment_summary, get_device, gpu_info
 from .profile import ProfileError, get_profile
 
 MIN_FREE_GB = 2.0
-
-
-@dataclass(frozen=True)
-class Check:
-    """One line of the report: ok or not, what was found, and the fix when not ok."""
-
-    ok: bool
-    what: str
-    fix: str = ""
-
-    def line(self) -> str:
-        mark = "ok " if self.ok else "!! "
-        return mark + self.what + ("" if self.ok or not self.fix else f"  -> {self.fix}")
-
-
-def check_versions(package: str = "tl-course") -> list[Check]:
-    """Installed versions of the course's dependencies against the ranges it declares."""
-    from packaging.requirements import Requirement
-
-    checks = []
-    for spec in metadata.requires(package) or []:
-        req = Requirement(spec)
-        if req.marker is not None:  # extras such as [dev]
-            continue
-        try:
-            installed = metadata.version(req.name)
-        except metadata.PackageNotFoundError:
-            checks.append(Check(False, f"{req.name} is not installed",
-                                f'pip install "{req}"'))
-            continue
-        ok = req.specifier.contains(installed, prereleases=True)
-        checks.append(Check(ok, f"{req.name} {installed} (needs {req.specifier or 'any'})",
-                            f'pip install "{req}"'))
-    return checks
 
 
 def check_device() -> Check:
