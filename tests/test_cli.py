@@ -279,3 +279,18 @@ def test_console_script_bad_profile(tmp_path):
     assert proc.stderr.startswith("tl-course: error:") and "smoke" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()
+
+
+def test_kernel_that_never_starts_is_one_line(tmp_path, capsys, monkeypatch, one_error_line):
+    """E.g. no loopback network (a sandbox): nbclient raises a bare RuntimeError."""
+    import nbclient
+
+    def no_kernel(self, **kwargs):
+        raise RuntimeError("Kernel didn't respond in 60 seconds")
+
+    monkeypatch.setattr(nbclient.NotebookClient, "execute", no_kernel)
+    nb = _notebook(tmp_path / "nb.ipynb", "print(1)")
+    assert main(["run", str(nb), "--profile", "smoke", "--out", str(tmp_path / "runs")]) == 1
+    err = one_error_line(capsys.readouterr().err)
+    assert "kernel did not start (Kernel didn't respond in 60 seconds)" in err
+    assert "127.0.0.1" in err

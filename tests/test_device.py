@@ -166,8 +166,10 @@ def test_loader_kwargs_cuda(monkeypatch):
     kw = loader_kwargs(torch.device("cuda"))
     assert kw["pin_memory"] is True
     assert 1 <= kw["num_workers"] <= 4
-    monkeypatch.setattr(dev.sys, "platform", "darwin")
-    assert loader_kwargs(torch.device("cuda"))["num_workers"] == 0
+    # Workers start by spawn on macOS and Windows, which breaks inside notebooks.
+    for platform in ("darwin", "win32"):
+        monkeypatch.setattr(dev.sys, "platform", platform)
+        assert loader_kwargs(torch.device("cuda"))["num_workers"] == 0
 
 
 def test_to_device_nested(cpu):

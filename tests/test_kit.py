@@ -142,7 +142,7 @@ def test_kit_for_another_python_or_platform_is_refused_with_the_fix():
 
 @pytest.mark.parametrize("tag, expected", [
     ("manylinux_2_28_x86_64", "linux-x86_64"), ("manylinux2014_aarch64", "linux-arm64"),
-    ("win_amd64", "windows-x86_64"), ("macosx_11_0_arm64", "macos-arm64"),
+    ("win_amd64", "windows-x86_64"), ("macosx_14_0_arm64", "macos-arm64"),
 ])
 def test_platform_ids(tag, expected):
     assert kit.platform_id(tag) == expected
@@ -151,7 +151,7 @@ def test_platform_ids(tag, expected):
 def test_pip_commands_take_cpu_torch_from_its_index_except_on_macos(tmp_path):
     reqs = ["torch>=2.4", "torchvision>=0.19", "numpy>=1.26"]
     cmds = kit.pip_download_commands(reqs, tmp_path, ["manylinux_2_28_x86_64",
-                                                      "macosx_11_0_arm64"], ["3.12"],
+                                                      "macosx_14_0_arm64"], ["3.12"],
                                      kit.TORCH_CPU_INDEX)
     linux_torch, linux_rest, mac = cmds
     assert linux_torch[-2:] == ["torch>=2.4", "torchvision>=0.19"]
@@ -163,7 +163,7 @@ def test_pip_commands_take_cpu_torch_from_its_index_except_on_macos(tmp_path):
         assert cmd[cmd.index("--abi") + 1] == "cp312"
         assert "--only-binary=:all:" in cmd and str(tmp_path) in cmd
     assert [c[c.index("--platform") + 1] for c in cmds] == [
-        "manylinux_2_28_x86_64", "manylinux_2_28_x86_64", "macosx_11_0_arm64"]
+        "manylinux_2_28_x86_64", "manylinux_2_28_x86_64", "macosx_14_0_arm64"]
 
 
 def test_pip_failure_is_one_error_with_a_hint_for_the_torch_index(tmp_path):

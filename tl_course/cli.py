@@ -131,6 +131,9 @@ def run_notebook(path: Path, profile_name: str, out_dir: Path, timeout: int = 18
         error += "smaller profile"
     except DeadKernelError:
         error = f"{path.name}: the kernel died (out of memory?); try a smaller profile"
+    except RuntimeError as exc:  # e.g. "Kernel didn't respond in 60 seconds"
+        error = (f"{path.name}: the Jupyter kernel did not start ({exc}); check that ipykernel "
+                 "is installed here and that the loopback network (127.0.0.1) is up")
     seconds = time.perf_counter() - start
     recorded = read_runcard(metrics_file)
     metrics_file.unlink(missing_ok=True)
@@ -315,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     kit.add_argument("dir", help="the kit's folder")
     kit.add_argument("--platform", action="append", metavar="TAG",
                      help="wheel platform tag, repeatable: manylinux_2_28_x86_64, win_amd64, "
-                          "macosx_11_0_arm64 (default: this machine)")
+                          "macosx_14_0_arm64 (default: this machine)")
     kit.add_argument("--python", action="append", metavar="X.Y",
                      help="Python version to carry wheels for, repeatable (default: this one)")
     kit.add_argument("--torch-index", default=None,

@@ -151,7 +151,7 @@ def pip_download_commands(requirements: Sequence[str], dest: Path, platforms: Se
     """The `pip download` commands that fill `dest` with wheels for every target.
 
     `platforms` are wheel platform tags (e.g. manylinux_2_28_x86_64, win_amd64,
-    macosx_11_0_arm64); an empty list means this machine. `torch_index` is an index URL for
+    macosx_14_0_arm64); an empty list means this machine. `torch_index` is an index URL for
     torch and torchvision on Linux / Windows (the CPU-only builds), or None for the default.
     """
     pip = [sys.executable, "-m", "pip", "download", "--dest", str(dest), "--only-binary=:all:",
