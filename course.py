@@ -11,8 +11,8 @@ On Windows: `py course.py lab`. `bash course.sh ...` runs this file. Standard li
 it runs before anything is installed. Extra arguments go to JupyterLab / pytest / tl-course.
 """
 
-from __future__ import annotations
-
+# No __future__ import (annotations) and only quoted new-style annotations: this file
+# must still parse on an old Python, to say in one line that it is too old.
 import argparse
 import glob
 import hashlib
@@ -48,16 +48,13 @@ def pip(python: Path, *args: str) -> None:
     subprocess.run([str(python), "-m", "pip", *args], check=True)
 
 
-def setup(venv: Path, extra: str = "", kit: Path | None = None,
-          constraints: Path | None = None) -> Path:
+def setup(venv: Path, extra: str = "", kit: "Path | None" = None,
+          constraints: "Path | None" = None) -> Path:
     """Create `venv` and install the course (with `extra`, e.g. "[dev]") when the dependency
     list changed since the last install; from the kit's wheels, offline, when `kit` is given.
 
     Returns the venv's python.
     """
-    if sys.version_info < MIN_PYTHON:
-        fail(f"Python {'.'.join(map(str, MIN_PYTHON))} or newer is needed (this is "
-             f"{sys.version.split()[0]}); run this file with a newer python")
     python = venv_python(venv)
     if kit is not None:
         kitlib = load_kit_module()
@@ -116,14 +113,17 @@ def browser_deps() -> None:
               "without them those tests fail.", file=sys.stderr)
 
 
-def run(cmd: list[str], env: dict[str, str] | None = None) -> int:
+def run(cmd: "list[str]", env: "dict[str, str] | None" = None) -> int:
     try:
         return subprocess.run(cmd, env=env, cwd=ROOT).returncode
     except KeyboardInterrupt:
         return 130
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: "list[str] | None" = None) -> int:
+    if sys.version_info < MIN_PYTHON:
+        fail(f"Python {'.'.join(map(str, MIN_PYTHON))} or newer is needed (this is "
+             f"{sys.version.split()[0]}); run this file with a newer python")
     parser = argparse.ArgumentParser(prog="course.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=["lab", "setup", "test", "claims", "kit-check"])
     parser.add_argument("--kit", type=Path, help="lab: install from this offline kit")

@@ -25,6 +25,10 @@ def _repo(tmp_path: Path) -> Path:
     (repo / "untracked.txt").write_text("not in the kit\n")
     (repo / "slides" / "_build").mkdir(parents=True)
     (repo / "slides" / "_build" / "01_x.html").write_text("<html></html>")
+    (repo / "slides" / "_build" / "lib").mkdir()
+    (repo / "slides" / "_build" / "lib" / "reveal.js").write_text("// reveal")
+    (repo / "slides" / "_build" / "screenshots").mkdir()  # test output, not for the kit
+    (repo / "slides" / "_build" / "screenshots" / "01.png").write_bytes(b"png")
     subprocess.run(["git", "init", "-q", str(repo)], check=True)
     subprocess.run(["git", "-C", str(repo), "add", "notebooks", "README.md"], check=True)
     return repo
@@ -65,6 +69,7 @@ def test_built_kit_holds_course_data_weights_slides_wheels_and_checks_clean(tmp_
     assert {"course/notebooks/01_x.py", "course/README.md", "data/mnist/train.gz",
             "weights/resnet18-f37072fd.pth", "slides/01_x.html", "README.txt"} <= files
     assert "course/untracked.txt" not in files  # only what git tracks
+    assert "slides/lib/reveal.js" in files and "slides/screenshots/01.png" not in files
     assert any(f.startswith("wheels/") for f in files)
     assert manifest["platforms"] == [kit.this_platform()] and manifest["pythons"] == [HERE]
     want = kit.sha256(dest / "data" / "mnist" / "train.gz")

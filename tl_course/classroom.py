@@ -85,7 +85,10 @@ def build(dest: Path, *, repo: Path, fetch: Mapping[str, Callable[[Path], Path]]
             built = repo / "slides" / "_build"
             if not any(built.glob("*.html")):
                 subprocess.run([sys.executable, str(repo / "slides" / "build.py")], check=True)
-            kit.copy_tree(built, work / "slides")
+            # The decks, their styles, figures and reveal.js; not the test screenshots.
+            deck_files = [p for p in built.rglob("*") if p.is_file() and (
+                p.parent == built or p.relative_to(built).parts[0] in ("figures", "lib"))]
+            kit.copy_tree(built, work / "slides", deck_files)
         print("4/5 wheels (pip download)", flush=True)
         wheels = work / "wheels"
         wheels.mkdir()
