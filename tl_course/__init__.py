@@ -15,7 +15,8 @@ __version__ = "0.1.0"
 
 _SUBMODULES = (
     "adapt", "claims", "data", "device", "domains", "exercises", "features", "models",
-    "multimnist", "multitask", "photos", "plots", "profile", "runcard", "session", "train",
+    "multimnist", "multitask", "photos", "plots", "profile", "runcard", "selfsup", "session",
+    "train",
     "transfer", "widgets",
 )
 # name -> submodule it comes from

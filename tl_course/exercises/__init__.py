@@ -14,6 +14,7 @@ from .nb02 import *  # noqa: F403  (each module lists its checks in __all__)
 from .nb03 import *  # noqa: F403
 from .nb04 import *  # noqa: F403
 from .nb05 import *  # noqa: F403
+from .nb06 import *  # noqa: F403
 
 __all__ = [
     "NOT_ATTEMPTED", "attempted", "feedback", "safely",
