@@ -36,7 +36,7 @@
 # |---|---|---|---|
 # | inductive | the target has (a few) labels | reuse features for a new task | 02, 03, 05 |
 # | transductive | same task; the new target *domain* has no labels | adapt to the shift | 04 |
-# | unsupervised (common usage) | the source has no labels; a labelled target | pretrain without labels, then probe | a later module |
+# | unsupervised (common usage) | the source has no labels; a labelled target | pretrain without labels, then probe | 06 |
 #
 # In Pan & Yang's survey (2010) that last case is called *self-taught learning* (a kind of
 # inductive transfer); their "unsupervised transfer" has no labels on either side.

@@ -204,3 +204,14 @@ def test_augmented_step_does_not_augment_in_evaluation():
     out = step(model, (x, y), StepContext(CPU, False))
     want = torch.nn.functional.cross_entropy(model(x), y)
     assert out["loss"].item() == pytest.approx(want.item(), rel=1e-6)
+
+
+def test_pretraining_images_and_test_digits_are_disjoint():
+    """Notebook 06 pretrains on `digits.train` images; none may be a test digit. Offline
+    (smoke, and cpu without the full set) both come from this 4,000 / 1,000 split."""
+    from tl_course.data import mnist_sample
+
+    train_ds, test_ds = mnist_sample()
+    train = {bytes(row.numpy()) for row in (train_ds.tensors[0] * 255).byte().flatten(1)}
+    test = {bytes(row.numpy()) for row in (test_ds.tensors[0] * 255).byte().flatten(1)}
+    assert train and test and not train & test

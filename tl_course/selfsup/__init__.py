@@ -29,11 +29,28 @@ from .pretext import (
     SimCLRStep,
     make_pretext,
 )
-from .pretraining import KnnMonitor, knn_predict_accuracy, pretrain, pretrained, unlabelled
-from .views import TRANSFORMS, Views, augment, two_views
+from .pretraining import (
+    PRETRAIN_STEPS,
+    KnnMonitor,
+    knn_predict_accuracy,
+    pretrain,
+    pretrained,
+    unlabelled,
+)
+from .views import (
+    CHOSEN_TEMPERATURE,
+    CHOSEN_VIEWS,
+    DEFAULT_VIEWS,
+    TRANSFORMS,
+    Views,
+    augment,
+    two_views,
+)
 
 __all__ = [
-    "METHODS", "TRANSFORMS", "AugmentedStep", "AutoEncoderNet", "AutoEncoderStep",
+    "CHOSEN_TEMPERATURE", "CHOSEN_VIEWS", "DEFAULT_VIEWS", "METHODS", "PRETRAIN_STEPS",
+    "TRANSFORMS",
+    "AugmentedStep", "AutoEncoderNet", "AutoEncoderStep",
     "DigitEncoder", "KnnMonitor", "RotationNet", "RotationStep", "SimCLRNet", "SimCLRStep",
     "Views", "augment", "classifier_from", "episode_indices", "knn_predict_accuracy",
     "make_pretext", "nt_xent", "nt_xent_stacked", "pretrain", "pretrained", "probe_accuracy",

@@ -115,3 +115,6 @@ def pretrained(method: str, images: torch.Tensor, device: torch.device, *, steps
     save_checkpoint(model, path)
     print(f"{method}: pretrained in {time.perf_counter() - start:.0f}s, saved to {path}")
     return model
+
+
+PRETRAIN_STEPS = 600  # notebook 06's SimCLR budget in the cpu profile (about 40 s on 2 cores)
