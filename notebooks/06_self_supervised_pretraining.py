@@ -31,7 +31,7 @@
 # 3. with k = 1, 5, 10 labels per class: a linear probe on each encoder, against a
 #    random-initialised encoder, raw pixels, the labelled source model of 02 and a CNN
 #    trained from scratch with the same augmentation;
-# 4. fine-tuning the SimCLR encoder, and what a too-high learning rate does;
+# 4. fine-tuning the SimCLR encoder at two learning rates, against the probe;
 # 5. which view transformation matters, and the temperature.
 
 # %%
@@ -69,7 +69,7 @@ session = tlc.start("06")  # seed: TL_COURSE_SEED (tl-course run --seed N), else
 device, profile = session.device, session.profile
 smoke = profile.name == "smoke"
 STEPS = 40 if smoke else ss.PRETRAIN_STEPS  # SimCLR / autoencoder / rotation pretraining
-SHORT = 20 if smoke else 120  # the ablations' shorter budget
+SHORT = 20 if smoke else 90  # the ablations' shorter budget
 EPISODES = 2 if smoke else 12  # probe episodes per k (cheap: many)
 TRAIN_EPISODES = 1 if smoke else 3  # scratch trainings per k (each trains a network)
 FINE_EPISODES = 1 if smoke else 2  # fine-tuning runs per learning rate
@@ -123,7 +123,9 @@ plt.show()
 #
 # $$\ell_i = -\log \frac{\exp(\mathrm{sim}(z_i, z_{p(i)})/t)}{\sum_{k \ne i} \exp(\mathrm{sim}(z_i, z_k)/t)}$$
 #
-# Here it is on a toy batch of N = 4 images with 3-d embeddings, next to the package's.
+# and the loss is the mean over all 2N rows, $L = \frac{1}{2N} \sum_i \ell_i$ (both views of every
+# image). Here it is on a toy batch of N = 4 images with 3-d embeddings, next to the
+# package's.
 
 # %%
 g = torch.Generator().manual_seed(0)
@@ -178,12 +180,13 @@ tlc.exercises.check_nt_xent(my_nt_xent)
 #
 # `ss.pretrained` trains through the course's `tlc.fit` (the pretext task is its `step`)
 # and caches the encoder, so a second run loads it at once. While SimCLR trains, a
-# **k-NN monitor** reads the representation: each of 1,000 held-back training images
-# takes the label of its nearest neighbour among 10 labelled images per class. No
-# training, so the number shows what the features alone have learnt.
+# **k-NN monitor** reads the representation: each of the last 1,000 training images
+# (unlabelled during pretraining) takes the label of its nearest neighbour among 10
+# labelled images per class drawn from the other training images. No training, so the
+# number shows what the features alone have learnt.
 
 # %%
-bank = ss.episode_indices(labels, 10, 1, seed=session.seed)[0]
+bank = ss.episode_indices(labels[:-1000], 10, 1, seed=session.seed)[0]  # not among the scored
 monitor = ss.KnnMonitor(TensorDataset(images[bank], labels[bank]),
                         TensorDataset(images[-1000:], labels[-1000:]))
 simclr = ss.pretrained("simclr", images, device, steps=STEPS, data_tag=data_tag,
@@ -223,7 +226,9 @@ plt.show()
 #   pretraining must beat;
 # - **raw pixels** with the same logistic regression;
 # - the **02 source model**, trained *with* labels on digits 0-4: labelled pretraining
-#   of a larger network, for comparison.
+#   of a larger network, for comparison. For digits 0-4 it has seen thousands of labels,
+#   so "k labels per class" holds only for its new head; and it is the same seed-0 model
+#   at every session seed (02 trains it once).
 
 # %%
 source, _ = tlc.transfer.digit_split(digits)
@@ -324,8 +329,9 @@ for k in KS:
 # ## 5. Fine-tuning the SimCLR encoder
 #
 # A probe keeps the encoder fixed. Fine-tuning trains it too, with the same augmentation
-# and budget as the scratch baseline: a gentle learning rate for the encoder (1e-3, a
-# tenth of the head's), then the head's own 1e-2, the rate scratch training uses.
+# and budget as the scratch baseline, in two runs: the encoder at 1e-3 (a tenth of the
+# head's 1e-2), and the encoder at the head's own 1e-2, the rate scratch training uses.
+# This budget was not tuned for fine-tuning: read the result as one setting's.
 
 # %%
 FINE = dict(SCRATCH, encoder_lr=1e-3)
@@ -340,18 +346,19 @@ print(f"k=10, the same {FINE_EPISODES} episodes: probe {probe_same:.3f}, fine-tu
       f"scratch {mean(scratch[10][:FINE_EPISODES]):.3f}")
 tlc.record("finetune_gentle_k10", mean(gentle))
 tlc.record("finetune_high_k10", mean(high))
-session.claim("probe_beats_finetune_k10", "At k = 10, fine-tuning the SimCLR encoder, at "
-              "either learning rate, ends below the probe on the same labelled images.",
-              "probe - max(gentle, high) > margin", probe=probe_same, gentle=mean(gentle),
-              high=mean(high), margin=0.0, why="a shorter fine-tuning or a luckier draw")
+session.claim("finetune_no_better_k10", "At k = 10, fine-tuning the SimCLR encoder, at "
+              "either learning rate, does not beat the probe on the same labelled images by "
+              "more than 1 point.", "max(gentle, high) - probe <= margin", probe=probe_same,
+              gentle=mean(gentle), high=mean(high), margin=0.01,
+              why="a luckier draw of labelled images")
 
 # %% [markdown]
-# ## 6. Why rotation prediction struggles on digits
+# ## 6. Rotation prediction: solved, yet of little use here
 #
-# The rotation pretext task is easy to *solve*, but what must the encoder know to solve
-# it? Mostly where the ink sits, not which digit it is. And for some digits a half turn
-# makes another plausible digit. Here is the rotation model's accuracy at telling
-# "turned by 180 degrees" per test digit.
+# Section 4 put rotation prediction's probe near random initialisation. Is the pretext
+# task itself too hard? Here is the rotation model's accuracy at telling "turned by 180
+# degrees" per test digit; for a 6 or a 9 a half turn gives another digit, so in
+# principle its answer there is ambiguous.
 
 # %%
 rot = pretext["rotation"].eval()
@@ -363,10 +370,14 @@ print("rotation model says '180 degrees' for half-turned digits:")
 print("  " + "  ".join(f"{d}: {a:.2f}" for d, a in per_digit.items()))
 
 # %% [markdown]
+# Read the table: whatever it shows for 6 and 9, being good at the pretext task did not
+# make the features good for telling digits apart (section 4).
+#
 # ### Exercise 2: which digits swap?
 #
-# Which two digits does a half turn map onto each other, so that the pretext task has no
-# single right answer for them? Answer with a pair, e.g. `(1, 7)`.
+# Which two digits does a half turn map onto each other, so that in principle the
+# rotation label is ambiguous for them? Answer with a pair, e.g. `(1, 7)`. Then look at
+# the table again: did the model actually stumble on them?
 
 # %%
 swap = ...  # a pair of digits
@@ -406,9 +417,9 @@ print(f"probe at k = 10 after {SHORT} steps:")
 for name, acc in ablation.items():
     print(f"  {name:16s} {acc:.3f}")
 print("temperature: " + ", ".join(f"t={t:g}: {a:.3f}" for t, a in sorted(temperatures.items())))
-drops = {name.removeprefix("without "): acc for name, acc in ablation.items()
-         if name.startswith("without")}
-for name, acc in drops.items():
+without_acc = {name.removeprefix("without "): acc for name, acc in ablation.items()
+               if name.startswith("without")}
+for name, acc in without_acc.items():
     tlc.record(f"ablation_without_{name}", acc)
 for t_, acc in temperatures.items():
     tlc.record(f"temperature_{str(t_).replace('.', '_')}", acc)  # e.g. temperature_0_2
@@ -421,12 +432,12 @@ for t_, acc in temperatures.items():
 # %%
 most_needed = ...  # one of "crop", "shift", "rotate", "noise"
 
-tlc.exercises.check_most_needed_view(most_needed, drops)
+tlc.exercises.check_most_needed_view(most_needed, without_acc)
 
 # %% cellView="form" jupyter={"source_hidden": true} tags=["solution"]
 # @title Solution
-most_needed = min(drops, key=drops.get)
-tlc.exercises.check_most_needed_view(most_needed, drops)
+most_needed = min(without_acc, key=without_acc.get)
+tlc.exercises.check_most_needed_view(most_needed, without_acc)
 
 # %% [markdown]
 # ## 8. The features, seen
@@ -453,18 +464,18 @@ plt.show()
 # - Without a single label, SimCLR made the encoder's features readable by a linear probe
 #   from 10 labels per class: 90% or more, 15 points or more above the same encoder at
 #   random initialisation and 8 or more above the autoencoder's.
-# - The older pretext tasks help less. The autoencoder beat random initialisation by 5
-#   points or more. Rotation prediction's probe stayed within 6 points of random
-#   initialisation. The task is solved from where the ink sits, not from which digit it
-#   is (section 6 shows its per-digit answers on half turns).
+# - The older pretext tasks helped less, or (rotation) not measurably: the autoencoder
+#   beat random initialisation by 5 points or more; rotation prediction's probe stayed
+#   within 6 points of random initialisation, although its pretext task itself is easy
+#   (section 6).
 # - Labels still count when there are some: 02's source model, trained with labels on
 #   digits 0-4 only, beat SimCLR's probe by 5 points or more at 1 label per class.
 # - Against the honest competitor, training from scratch with the same augmentation and
 #   a validation-tuned learning rate and budget, SimCLR's probe came out ahead at k = 1,
 #   5 and 10 on the same labelled images.
-# - Fine-tuning the SimCLR encoder on 100 labelled images ended below simply probing it,
-#   at both encoder learning rates. A likely reason: the update fits those few images
-#   and loses some of what pretraining on 4,000 gave.
+# - Fine-tuning the SimCLR encoder on 100 labelled images did not beat simply probing it
+#   by more than a point, at either encoder learning rate (a budget not tuned for
+#   fine-tuning; one possible reason is overfitting the few images).
 # - The views decide what is learnt: without the shift, the probe lost 2 points or more.
 #   Section 7's tables give the other transformations and the temperature.
 #

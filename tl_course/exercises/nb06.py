@@ -77,8 +77,8 @@ def check_rotation_pair(answer: Any) -> bool:
     except (TypeError, ValueError):
         return feedback(False, "", f"answer with two digits, e.g. (1, 7); got {answer!r}")
     if pair == {6, 9}:
-        return feedback(True, "a 6 turned by 180 degrees is a 9: for those two the pretext "
-                        "task has no single right answer.", "")
+        return feedback(True, "a 6 turned by 180 degrees is a 9: in principle the rotation "
+                        "label is ambiguous for those two (handwriting often gives it away).", "")
     return feedback(False, "", "turn a digit upside down (180 degrees): which one becomes "
                     "another digit? (0, 1 and 8 mostly stay themselves)")
 
