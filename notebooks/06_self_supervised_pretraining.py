@@ -181,14 +181,16 @@ tlc.exercises.check_nt_xent(my_nt_xent)
 # `ss.pretrained` trains through the course's `tlc.fit` (the pretext task is its `step`)
 # and caches the encoder, so a second run loads it at once. While SimCLR trains, a
 # **k-NN monitor** reads the representation: each of the last 1,000 training images
-# (unlabelled during pretraining) takes the label of its nearest neighbour among 10
-# labelled images per class drawn from the other training images. No training, so the
+# (fewer in the smoke profile; unlabelled during pretraining) takes the label of its
+# nearest neighbour among 10 labelled images per class drawn from the other training
+# images. No training, so the
 # number shows what the features alone have learnt.
 
 # %%
-bank = ss.episode_indices(labels[:-1000], 10, 1, seed=session.seed)[0]  # not among the scored
+scored = min(1000, len(labels) // 3)  # the last images are scored; the bank comes from the rest
+bank = ss.episode_indices(labels[:-scored], 10, 1, seed=session.seed)[0]
 monitor = ss.KnnMonitor(TensorDataset(images[bank], labels[bank]),
-                        TensorDataset(images[-1000:], labels[-1000:]))
+                        TensorDataset(images[-scored:], labels[-scored:]))
 simclr = ss.pretrained("simclr", images, device, steps=STEPS, data_tag=data_tag,
                        seed=session.seed, views=views, temperature=TEMPERATURE, monitor=monitor)
 torch.manual_seed(session.seed)
