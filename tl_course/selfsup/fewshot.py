@@ -7,7 +7,7 @@ differences between methods are paired, not noise between different draws.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -18,7 +18,7 @@ from torch.utils.data import TensorDataset
 from ..data import make_loader
 from ..device import seed_everything, to_device
 from ..features import Features
-from ..train import StepContext, fit
+from ..train import StepContext, accuracy, fit
 from .views import Views, augment
 
 
@@ -95,8 +95,6 @@ def train_few(model: nn.Module, train: TensorDataset, device: torch.device, *, s
 
 def accuracy_on(model: nn.Module, test: TensorDataset, device: torch.device) -> float:
     """Plain test accuracy (eval mode, no augmentation)."""
-    from ..train import accuracy
-
     return accuracy(model, make_loader(test, 1024, device), device)
 
 
@@ -116,9 +114,3 @@ def train_episodes(make_model: Callable[[], nn.Module], pool: TensorDataset,
 def classifier_from(encoder: nn.Module, num_classes: int = 10) -> nn.Module:
     """A copy of a pretrained encoder (a TransferModel) with a fresh classification head."""
     return copy.deepcopy(encoder).reset_head(num_classes)
-
-
-def mean_table(results: Mapping[str, Mapping[int, Sequence[float]]]) -> dict[str, dict[int, float]]:
-    """Mean accuracy per method and k."""
-    return {m: {k: float(sum(v) / len(v)) for k, v in per_k.items()}
-            for m, per_k in results.items()}
