@@ -3,6 +3,9 @@
     python benchmarks/claims.py --profile cpu --seeds 0 1 2 [notebooks ...]
     python benchmarks/claims.py --tabulate-only       # from the run cards already in --out
 
+Notebooks not run this time keep their rows from tl_course/reference_results.json
+(`--replace` drops them).
+
 Per seed, each notebook runs through `tl-course run`'s own code (run cards under
 <out>/seed<N>/). Then this script writes
 - <out>/claims.md: each claim held in k of n seeds, each metric mean ± std, wall times;
@@ -65,6 +68,22 @@ def collect(cards: list[dict[str, Any]], profile: str, seeds: list[int]) -> dict
     return ref
 
 
+def merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """`new`, plus the notebooks of `old` that `new` did not run (same profile and seeds):
+    rerunning one notebook keeps the others' results."""
+    if (old.get("profile"), old.get("seeds")) != (new["profile"], new["seeds"]):
+        return new
+    kept = [stem for stem in old.get("notebooks", {}) if stem not in new["notebooks"]]
+    out = dict(new)
+    out["notebooks"] = dict(sorted({**{k: old["notebooks"][k] for k in kept},
+                                    **new["notebooks"]}.items()))
+    for part in ("metrics", "claims"):
+        rows = {**{n: v for n, v in old.get(part, {}).items() if v["notebook"] in kept},
+                **new[part]}
+        out[part] = dict(sorted(rows.items(), key=lambda kv: (kv[1]["notebook"], kv[0])))
+    return out
+
+
 def markdown(ref: dict[str, Any]) -> str:
     """The results section: wall times, claims (held k of n) and metrics (mean ± std)."""
     seeds = ", ".join(map(str, ref["seeds"]))
@@ -113,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "claims")
     parser.add_argument("--tabulate-only", action="store_true",
                         help="do not run: aggregate the run cards already in --out")
+    parser.add_argument("--replace", action="store_true",
+                        help="drop notebooks not in --out from the reference file (default: "
+                             "keep their earlier results)")
     parser.add_argument("--no-write", action="store_true",
                         help="print the table only (leave README and the reference file)")
     args = parser.parse_args(argv)
@@ -136,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
              for p in sorted((args.out / f"seed{seed}").glob("*.runcard.json"))]
     cards = [c for c in cards if c.get("status") == "ok" and c.get("profile") == args.profile]
     ref = collect(cards, args.profile, args.seeds)
+    if REFERENCE.exists() and not args.replace:
+        ref = merge(json.loads(REFERENCE.read_text()), ref)
     table = markdown(ref)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -86,3 +86,21 @@ def test_every_notebook_claim_is_in_the_reference():
         names = re.findall(r"\bclaim\(\s*\"([A-Za-z0-9_]+)\"", nb.read_text())
         missing = [n for n in names if n not in ref["claims"]]
         assert missing == [], f"{nb.name}: claims never benchmarked: {missing}"
+
+
+def test_merge_keeps_notebooks_not_rerun_and_replaces_rerun_ones():
+    """Rerunning one notebook must not drop the others' rows from the reference file."""
+    old = bench.collect(CARDS + [_card("02_y", s, 0.7, 0.6, 30.0) for s in range(3)],
+                        "cpu", [0, 1, 2])
+    old["metrics"]["gone_acc"] = {"mean": 0.5, "std": 0.0, "n": 3, "notebook": "01_x"}
+    new = bench.collect([_card("01_x", s, 0.99, 0.80, 50.0) for s in range(3)], "cpu", [0, 1, 2])
+    merged = bench.merge(old, new)
+    assert list(merged["notebooks"]) == ["01_x", "02_y"]
+    assert merged["notebooks"]["01_x"]["seconds"]["mean"] == pytest.approx(50.0)
+    assert merged["notebooks"]["02_y"] == old["notebooks"]["02_y"]
+    assert merged["metrics"]["a_acc"]["mean"] == pytest.approx(0.99)  # the rerun's value
+    assert "gone_acc" not in merged["metrics"]  # a rerun notebook's old rows are dropped
+    assert merged["claims"]["a_beats_b"]["held"] == 3
+    # Different seeds: nothing is mixed in.
+    assert bench.merge(old, bench.collect(CARDS[:1], "cpu", [0])) == \
+        bench.collect(CARDS[:1], "cpu", [0])

@@ -14,10 +14,9 @@ from typing import Any
 __version__ = "0.1.0"
 
 _SUBMODULES = (
-    "adapt", "claims", "data", "device", "domains", "exercises", "features", "models",
-    "multimnist", "multitask", "photos", "plots", "profile", "runcard", "selfsup", "session",
-    "train",
-    "transfer", "widgets",
+    "adapt", "bias", "claims", "data", "device", "domains", "exercises", "explain",
+    "features", "models", "multimnist", "multitask", "photos", "plots", "profile", "runcard",
+    "selfsup", "session", "train", "transfer", "transferability", "widgets",
 )
 # name -> submodule it comes from
 _NAMES = {

@@ -15,6 +15,7 @@ from .nb03 import *  # noqa: F403
 from .nb04 import *  # noqa: F403
 from .nb05 import *  # noqa: F403
 from .nb06 import *  # noqa: F403
+from .nb07 import *  # noqa: F403
 
 __all__ = [
     "NOT_ATTEMPTED", "attempted", "feedback", "safely",
