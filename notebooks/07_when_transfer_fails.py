@@ -48,8 +48,8 @@ if "google.colab" in sys.modules:
 
 # %% [markdown]
 # The first line of output tells you the **profile** (how big this run is), the
-# **device** and roughly how long the notebook takes. The first run trains ten small
-# source models (about 30 s on a laptop CPU) and caches them; later runs load them.
+# **device** and roughly how long the notebook takes. The first run trains nine small
+# source models (about 40 s on a laptop CPU) and caches them; later runs load them.
 
 # %%
 import math
@@ -130,8 +130,9 @@ models = {**sources, tf.RANDOM_INIT: tf.new_encoder(5, session.seed).to(device).
 # - **fine-tuning** the whole network with a new head on k = 10, at a **short** budget and
 #   a **long** one (optimiser steps), over fewer episodes (each one trains a network).
 #
-# The test digits are never used for a choice: k, the budgets and the learning rate were
-# settled on a validation split of the target's training digits.
+# The test digits are never used for a choice: k and the two budgets were chosen on a
+# validation split of the target's training digits (`benchmarks/transfer_failures.py`);
+# the learning rate and the probe's regularisation are fixed defaults, not tuned.
 
 # %%
 res, feats = tf.measure_ladder(models, pool, test, device, ks=KS, probe_draws=PROBE_DRAWS,
@@ -168,26 +169,29 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# Read it from the left. Probing with 3 labels per class is where the source matters
-# most: the upright source beats random init, the source rotated by 90 degrees falls
-# well behind the upright one, and turning by 180 degrees costs less than turning by 90
-# (a digit turned upside down keeps its strokes and their shapes; a 6 even becomes a 9).
-# Shuffled labels hurt both when probed and when fine-tuned briefly. The claims below
+# Read it from the left. Probed with 3 labels per class, the upright source beats random
+# init, and the source rotated by 90 degrees falls well behind the upright one. Turning
+# by 180 degrees cost nothing measurable here (why is not measured: one untested guess is
+# that a half turn keeps horizontal and vertical strokes horizontal and vertical). The
+# shuffled-labels source lands below random init however it is used. The claims below
 # check each of these at every seed.
 
 # %%
 probe3, probe10, short, long_ = ({n: row[col] for n, row in table.items()} for col in columns)
 base = tf.RANDOM_INIT
-negative = [r for r in tf.RUNGS if probe10[r] < probe10[base] or short[r] < short[base]]
+# Below random init by 2 points or more (less is within the noise of a few episodes).
+negative = [r for r in tf.RUNGS
+            if probe10[r] < probe10[base] - 0.02 or short[r] < short[base] - 0.02]
 tlc.record("neg_transfer_sources", len(negative))
-print("below random init (probe k=10 or short fine-tuning):", ", ".join(negative) or "none")
+print("2 points or more below random init (probe k=10 or short fine-tuning):",
+      ", ".join(negative) or "none")
 for r, slug in [("upright", "upright"), ("rotated 90", "rot90"), ("rotated 180", "rot180"),
                 ("permuted", "permuted"), ("shuffled labels", "shuffled"), (base, "random")]:
     tlc.record(f"ladder_probe_k3_{slug}", probe3[r])
     tlc.record(f"ladder_finetune_long_{slug}", long_[r])
 session.claim("upright_beats_random_k3", "With 3 labels per class, the upright source's "
-              "probe beats random init by 2 points or more.", "upright - random >= margin",
-              margin=0.02, why="random features are a strong baseline on digits",
+              "probe beats random init by a point or more.", "upright - random >= margin",
+              margin=0.01, why="random features are a strong baseline on digits",
               upright=probe3["upright"], random=probe3[base])
 session.claim("rotation_180_beats_90", "Probed with 3 labels per class, the source rotated "
               "by 180 degrees beats the one rotated by 90 by 5 points or more.",
@@ -202,12 +206,19 @@ session.claim("shuffled_below_random_probe", "The shuffled-labels source probes 
               "random - shuffled >= margin", margin=0.05, random=probe10[base],
               shuffled=probe10["shuffled labels"])
 session.claim("shuffled_below_random_short", f"Fine-tuned for {SHORT} steps at k = 10, the "
-              "shuffled-labels source ends 2 points or more below random init.",
-              "random - shuffled >= margin", margin=0.02, random=short[base],
+              "shuffled-labels source ends a point or more below random init.",
+              "random - shuffled >= margin", margin=0.01, random=short[base],
               shuffled=short["shuffled labels"])
-session.claim("negative_transfer_exists", "At least one source lands below random init.",
+session.claim("shuffled_below_random_elsewhere", "The shuffled-labels source is also below "
+              f"random init probed with 3 labels per class and fine-tuned for {LONG} steps "
+              "(by a point or more each).", "min(p3_random - p3_shuffled, "
+              "long_random - long_shuffled) >= margin", margin=0.01, p3_random=probe3[base],
+              p3_shuffled=probe3["shuffled labels"], long_random=long_[base],
+              long_shuffled=long_["shuffled labels"])
+session.claim("negative_transfer_exists", "At least one source lands 2 points or more below "
+              "random init.",
               "count >= 1", count=len(negative))
-print(f"{len(negative)} of {len(tf.RUNGS)} sources below random init somewhere")
+print(f"{len(negative)} of {len(tf.RUNGS)} sources 2 points or more below random init")
 
 # %% [markdown]
 # ### Where the choice of source stops mattering
@@ -231,11 +242,12 @@ session.claim("source_choice_fades", f"Fine-tuned for {LONG} steps on 10 labels 
 print(f"fine-tuned {LONG} steps: random init {long_[base]:.3f}, upright {long_['upright']:.3f}")
 
 # %% [markdown]
-# That is the first lesson: **task similarity matters most when the target gives little**
-# (few labels, frozen features, few steps). With more labels and steps, the sources
-# (except the one that learnt noise) end much closer together: fine-tuning relearns much
-# of what the network needs from the target's 50 digits. How large the gaps are depends
-# on the data; that they shrink as the target gives more is the lesson to carry.
+# That is the first lesson, with its limits stated: with **10 labels and the long
+# fine-tuning budget**, the sources (except the one that learnt noise) end much closer
+# together than their **3-label probes**. This comparison changes the labels and the
+# method at once, so it does not say which of the two matters more; the table above has
+# the in-between cases (10-label probes, the short budget). How large the gaps are
+# depends on the data.
 
 # %% [markdown]
 # ## 3. Choosing a source before training: transferability scores
@@ -248,8 +260,8 @@ print(f"fine-tuned {LONG} steps: random init {long_[base]:.3f}, upright {long_['
 #   maximised over its two precisions: how well *some* linear map explains the labels,
 #   paying for complexity;
 # - **LEEP** (Nguyen et al., 2020): turn the source head's predictions into target labels
-#   through their co-occurrence, and score the log-likelihood: it needs a source head, so
-#   random init has none;
+#   through their co-occurrence, and score the log-likelihood: it reads a trained source
+#   head, and random init's head is untrained, so LEEP ranks 8 sources, the others 9;
 # - **H-score** (Bao et al., 2019): between-class spread of the features over their total
 #   spread, tr(cov(f)^-1 cov(E[f|y])). With 50 images and 128 features, cov(f) cannot be
 #   inverted, so the package uses a shrunk covariance (Ledoit-Wolf; Ibrahim et al., 2023);
@@ -285,7 +297,7 @@ print(f"{'score':10s}{'tau vs probe':>14s}{'rho vs probe':>14s}{'tau vs fine-tun
 for score, a in agreement.items():
     print(f"{score:10s}{a['probe']['kendall']:14.2f}{a['probe']['spearman']:14.2f}"
           f"{a['fine-tuned']['kendall']:19.2f}{seconds[score]:10.2f}")
-print(f"fine-tuning every source at {LONG} steps x {FT_DRAWS} episodes took "
+print(f"fine-tuning every source at both budgets x {FT_DRAWS} episodes took "
       f"{res.seconds['fine-tuning']:.0f} s")
 tlc.record("similarity_kendall_logme", agreement["LogME"]["probe"]["kendall"])
 tlc.record("similarity_kendall_leep", agreement["LEEP"]["probe"]["kendall"])
@@ -294,7 +306,8 @@ tlc.record("similarity_kendall_probe", agreement["CV probe"]["probe"]["kendall"]
 print("recorded: each score's Kendall tau against the measured probe accuracy")
 
 # %% [markdown]
-# The scores read the rotation ladder the right way round, and one of them misleads:
+# LogME and LEEP rate the upright source above the one rotated by 90 degrees; H-score
+# misleads:
 
 # %%
 session.claim("logme_orders_rotation", "LogME rates the upright source above the one "
@@ -318,10 +331,9 @@ session.claim("cv_probe_ranks_better_than_hscore", "The cross-validated probe's 
 print("LogME and LEEP order the rotation ladder; H-score prefers random features")
 
 # %% [markdown]
-# Why does H-score like random features? It rewards features whose class means lie far
-# apart relative to their spread, and with 50 images in 128 dimensions some directions
-# separate any labelling by chance. A test of that: score the same images with their
-# labels **shuffled**, so that any separation is chance alone.
+# Does H-score reward chance? With 50 images in 128 dimensions, some directions separate
+# the classes by chance. A test: score the same images with their labels **shuffled**,
+# so that any separation is chance alone, for the upright source and for random init.
 
 # %%
 gen = torch.Generator().manual_seed(session.seed)
@@ -336,23 +348,28 @@ for n in ("upright", base):
           f"{scores['LogME'][n]:.3f} | shuffled labels: H-score {chance[n]['H-score']:.2f}, "
           f"LogME {chance[n]['LogME']:.3f}")
 tlc.record("hscore_random_shuffled", chance[base]["H-score"])
-session.claim("hscore_chance_fit", "H-score rates random features with shuffled labels "
-              "above the upright source's features with the true labels.",
-              "h_chance > h_upright", h_chance=chance[base]["H-score"],
-              h_upright=scores["H-score"]["upright"])
-session.claim("logme_sees_shuffled", "LogME drops by 0.1 or more when the labels are "
-              "shuffled, for random and upright features alike.",
-              "min(up - up_shuffled, rnd - rnd_shuffled) >= margin", margin=0.1,
+session.claim("hscore_keeps_value_shuffled", "On shuffled labels, H-score keeps 60% or more "
+              "of its true-label value, for random and upright features alike.",
+              "min(rnd_shuffled / rnd, up_shuffled / up) >= 0.6",
+              rnd=scores["H-score"][base], rnd_shuffled=chance[base]["H-score"],
+              up=scores["H-score"]["upright"], up_shuffled=chance["upright"]["H-score"])
+session.claim("hscore_prefers_random_shuffled", "H-score's preference for random features "
+              "persists on shuffled labels.", "rnd_shuffled > up_shuffled",
+              rnd_shuffled=chance[base]["H-score"], up_shuffled=chance["upright"]["H-score"])
+session.claim("logme_sees_shuffled", "LogME scores both shuffled-label sets below both "
+              "true-label sets.", "max(up_shuffled, rnd_shuffled) < min(up, rnd)",
               up=scores["LogME"]["upright"], up_shuffled=chance["upright"]["LogME"],
               rnd=scores["LogME"][base], rnd_shuffled=chance[base]["LogME"])
-print("H-score keeps much of its value on labels that mean nothing; LogME does not")
+print("H-score keeps most of its value on labels that mean nothing; LogME falls")
 
 # %% [markdown]
-# So H-score (even shrunk) partly measures chance fit when images are few; LogME pays for
-# complexity and the cross-validated probe tests on held-out images, and both fall when
-# the labels mean nothing. All of these read **frozen features**: they predict fine-tuned
-# accuracy only as far as frozen and fine-tuned results agree (compare the two tau
-# columns above, and remember section 2: after long fine-tuning the sources are close).
+# So H-score, even shrunk, keeps most of its value when the labels mean nothing, and its
+# preference for random features survives the shuffle: that preference comes from the
+# features, not from a chance fit to these labels. Why is not measured here; one candidate
+# is that LogME and H-score read the features as they are, while the probes standardise
+# them. LogME falls below every true-label value when the labels are shuffled. All of
+# these scores read **frozen features**: they predict fine-tuned accuracy only as far as
+# frozen and fine-tuned results agree (compare the two tau columns above).
 #
 # LEEP has a known value worth checking: a source head that says the same thing for every
 # image carries no information, and on a balanced target of C classes LEEP is then exactly
@@ -398,7 +415,8 @@ tlc.exercises.check_h_score(my_h_score)
 #
 # A pretrained model learnt from its data, including what we did not intend. Here the
 # source set has a **bright 4x4 square** in the top-left corner of every 0 and of no other
-# digit. A network trained on it can classify 0s by the square alone (a *shortcut*). The
+# digit, so the square alone predicts a 0 (a possible *shortcut*). Did the network learn
+# it? Paste the square on test digits 1-4 and count how many become "0". The
 # control is the upright source of section 1, trained on the same digits without the
 # square. Both are trained once and cached.
 
@@ -415,11 +433,14 @@ turned = {name: float((bias.model_predict(m, device)(bias.paste_cue(others)) == 
 tlc.record("bias_source_turned", turned["biased"])
 print(f"digits 1-4 called '0' once the square is pasted: biased source {turned['biased']:.2f}, "
       f"clean source {turned['clean']:.2f}")
+session.claim("biased_source_learnt_square", "The square turns a fifth or more of digits 1-4 "
+              "into '0' for the biased source, and under 5% for the clean one.",
+              "biased >= 0.2 and clean < 0.05", biased=turned["biased"], clean=turned["clean"])
 
 # %% [markdown]
 # **Where does it look?** Grad-CAM (`tlc.explain.grad_cam`) weights the last block's
-# feature maps by how much they push the "0" score, and shows the result over the image:
-# for the biased source the corner lights up.
+# feature maps (7x7 here, scaled up to the image) by how much they push the "0" score,
+# and shows the result over the image. Look at the corner.
 
 # %%
 shown = bias.paste_cue(others[:4])
@@ -448,9 +469,11 @@ for name, m in [("biased", biased), ("clean", clean)]:
     share[name] = float((inside / cams.sum((1, 2)).clamp(min=1e-9)).mean())
     print(f"{name} source: {share[name]:.3f} of the '0' map inside the square")
 tlc.record("bias_cam_share", share["biased"])
-session.claim("cam_sees_square", "The biased source puts at least twice the share of its "
-              "'0' map inside the square that the clean source does.",
-              "biased >= 2 * clean", biased=share["biased"], clean=share["clean"])
+area = bias.CUE_SIZE ** 2 / many[0, 0].numel()
+session.claim("cam_sees_square", "The biased source puts at least 1.5 times the square's "
+              "area share of its '0' map on the square; the clean source less than its area.",
+              "biased >= 1.5 * area and clean < area", biased=share["biased"],
+              clean=share["clean"], area=area)
 
 # %% [markdown]
 # Now transfer both to the clean target (digits 5-9, K_BIAS labelled images per class, no
@@ -492,6 +515,10 @@ tlc.record("bias_flip_clean_fixed", clean_fixed.flip_rate)
 tlc.record("bias_flip_finetune", finetuned.flip_rate)
 tlc.record("bias_flip_clean_finetune", reports["clean, fine-tuned"].flip_rate)
 tlc.record("bias_flip_top_share", top_share)
+tlc.record("bias_acc_fixed", fixed.accuracy_clean)
+tlc.record("bias_acc_fixed_cued", fixed.accuracy_cued)
+tlc.record("bias_acc_finetune", finetuned.accuracy_clean)
+tlc.record("bias_acc_finetune_cued", finetuned.accuracy_cued)
 print(f"biased, fixed: {top_share:.0%} of its flips go to digit "
       f"{5 + fixed.top_destination()}")
 session.claim("bias_carried_fixed", "With fixed features, the square flips at least twice "
@@ -508,17 +535,20 @@ print("fixed features keep the shortcut; fine-tuning sheds most of it")
 # %% [markdown]
 # With fixed features, the target head reads the source's features as they are, including
 # what responds to the square, and maps it onto one of the target digits. Which digit
-# varies with the seed; that the flips go mostly one way does not. Full fine-tuning changes the features themselves on target
-# images that never show the square, and here it shed most of the shortcut. (Salman et
-# al., 2022, found bias persisting through fine-tuning of larger ImageNet models; on 150
-# digits and 200 steps we do not see it: say what your runs show.)
+# varies with the seed; that the flips go mostly one way does not.
+# Full fine-tuning, on target images that never show the square, shed most of the
+# shortcut here (that it does so by changing the features is likely but not measured).
+# Salman et al. (2022) found bias persisting through fine-tuning of larger ImageNet
+# models; on 150 digits and 200 steps we see at most a small residual (compare the two
+# fine-tuned rows): say what your runs show.
 #
 # ### A mitigation, tested on input it did not train on
 #
 # If the target head sees every training image twice, clean and with the square, under
-# the same label, the square carries no information about the target label and the head
-# learns to ignore the feature that detects it. The test digits are new images, and we
-# also try a square it never trained on (5x5, grey instead of white).
+# the same label, the square carries no information about the target label, and the
+# head has a reason to stop using whatever responds to it. The test digits are new
+# images, and we also try a variant of the square it never trained on (5x5 and grey
+# instead of 4x4 and white, in the same corner).
 
 # %%
 mitigated = bias.FrozenProbe(biased, device).fit(tx, ty, augment_cue=True).predict
@@ -534,17 +564,24 @@ print(f"mitigated: flips {mit.flip_rate:.3f} (was {fixed.flip_rate:.3f}), clean 
       f"{mit.accuracy_clean:.3f} (was {fixed.accuracy_clean:.3f})")
 print(f"unseen square (5x5, grey): flips {unseen['fixed'].flip_rate:.3f} without the "
       f"mitigation, {unseen['mitigated'].flip_rate:.3f} with it")
+print("for comparison (table above): clean source fixed "
+      f"{clean_fixed.flip_rate:.3f}, biased fine-tuned {finetuned.flip_rate:.3f}")
 session.claim("mitigation_cuts_flips", "Training the head with the square as augmentation "
               "cuts the fixed-feature flips by half or more, on test digits.",
               "mitigated <= 0.5 * fixed", mitigated=mit.flip_rate, fixed=fixed.flip_rate)
 session.claim("mitigation_keeps_accuracy", "The mitigation costs less than 2 points of "
               "clean target accuracy.", "before - after < margin", margin=0.02,
               before=fixed.accuracy_clean, after=mit.accuracy_clean)
-session.claim("mitigation_unseen_cue", "Against a square it never trained on (5x5, grey), "
+session.claim("mitigation_unseen_cue", "Against a variant it never trained on (5x5, grey), "
               "the mitigated head flips less than half as often as the plain one.",
               "mitigated < 0.5 * fixed", mitigated=unseen["mitigated"].flip_rate,
               fixed=unseen["fixed"].flip_rate)
-print("the mitigation holds on new digits and on a square it never saw")
+print("the mitigation holds on new digits and on a variant of the square")
+
+# %% [markdown]
+# The ranking against the other repairs is not the same at every seed: the mitigated head
+# does not always flip less than the clean source or than fine-tuning (the printed
+# comparison above). It is the cheap repair when the encoder must stay frozen.
 
 # %% [markdown]
 # ### Exercise 2: count the flips yourself
@@ -573,29 +610,27 @@ tlc.exercises.check_flip_rate(my_flip_rate, plain, vx, vy, 5)
 #
 # Each point below is one of the claims printed above, checked at seeds 0, 1 and 2.
 #
-# - Task similarity shows where the target gives little. Probed with 3 labels per class,
-#   the upright source beat random init by 2 points or more, and beat the source rotated
-#   by 90 degrees by 5 or more; the source rotated by 180 degrees also beat the 90-degree
-#   one by 5 or more (upside-down digits keep their strokes).
+# - Probed with 3 labels per class, the upright source beat random init by a point or
+#   more and the source rotated by 90 degrees by 5 or more; the source rotated by 180
+#   degrees beat the 90-degree one by 5 or more.
 # - Negative transfer: the source that learnt shuffled labels probed 5 points or more
-#   below random init, and fine-tuned for a short budget it still ended 2 or more below.
-#   Random features are a strong baseline on digits (`neg_transfer_sources` in the run
-#   card counts the sources that fell below them somewhere).
-# - Where source choice stops mattering: fine-tuned for the long budget on 10 labels per
-#   class, the sources (shuffled labels aside) ended less than half as far apart as their
-#   3-label probes.
+#   below random init at k = 10, and a point or more below it at k = 3, after the short
+#   and after the long fine-tuning budget.
+# - With 10 labels and the long fine-tuning budget, the sources (shuffled labels aside)
+#   ended less than half as far apart as their 3-label probes.
 # - Transferability scores from one forward pass: LogME and LEEP both rated the upright
 #   source above the rotated-90 one. H-score rated random features above the upright
-#   source's, and even random features with shuffled labels above the upright source with
-#   true ones: with few images it partly measures chance fit. LogME dropped by 0.1 or more
-#   on shuffled labels, and both LogME's and the cross-validated probe's rankings agreed
-#   with the measured probes better than H-score's. The section 3 table gives each
-#   score's rank correlation with probing and with fine-tuning, and its cost.
-# - Dataset bias: the biased source put at least twice the share of its "0" Grad-CAM map
-#   on the square that the clean source did. With fixed features the square flipped at
-#   least twice as many target predictions as from the clean source, 70% or more of them
-#   to one target digit. Full fine-tuning cut those flips to a quarter or less. Training
-#   the head with the square as augmentation halved them or better, kept clean accuracy
-#   within 2 points, and held against a square it had not trained on.
+#   source's; on shuffled labels it kept 60% or more of its value and its preference for
+#   random features, while LogME fell below every true-label value. LogME's and the
+#   cross-validated probe's rankings agreed with the measured probes better than
+#   H-score's. The section 3 table gives each score's rank correlation and cost.
+# - Dataset bias: the biased source learnt the square (a fifth or more of cued digits 1-4
+#   became "0"; under 5% for the clean source), and its "0" Grad-CAM map fell on the
+#   square at 1.5 times the square's area share or more. With fixed features the square
+#   flipped at least twice as many target predictions as from the clean source, 70% or
+#   more of them to one target digit. Full fine-tuning cut those flips to a quarter or
+#   less. Training the head with the square as augmentation halved them or better, kept
+#   clean accuracy within 2 points, and held against a variant of the square it had not
+#   trained on.
 #
 # **Back to the start:** [course overview](../README.md)
