@@ -449,9 +449,7 @@ fig, axes = plt.subplots(2, 4, figsize=(8, 4.2))
 for row, (name, m) in enumerate([("biased", biased), ("clean", clean)]):
     cams = tlc.explain.grad_cam(m, shown, target=zero)
     for ax, img, cam in zip(axes[row], shown, cams, strict=True):
-        ax.imshow(img[0], cmap="gray")
-        ax.imshow(cam, cmap="jet", alpha=0.45)
-        ax.axis("off")
+        tlc.plots.show_cam(img, cam, ax=ax)
     axes[row, 0].set_title(f"{name} source: what says '0'", fontsize=9, loc="left")
 plt.tight_layout()
 plt.show()

@@ -180,7 +180,7 @@ def test_unknown_backbone():
         create_backbone("vgg_giant", 10, pretrained=False)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small"])
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "efficientnet_b0"])
 def test_backbone_without_weights(name, torch_home):
     model = create_backbone(name, num_classes=3, pretrained=False).eval()
     x = torch.rand(2, 3, 64, 64)

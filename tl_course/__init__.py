@@ -14,7 +14,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _SUBMODULES = (
-    "adapt", "bias", "claims", "data", "device", "domains", "exercises", "explain",
+    "adapt", "bias", "capstone", "claims", "data", "device", "domains", "exercises", "explain",
     "features", "models", "multimnist", "multitask", "photos", "plots", "profile", "runcard",
     "selfsup", "session", "train", "transfer", "transferability", "widgets",
 )

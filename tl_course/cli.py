@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from .capstone.export import ExportError
+from .capstone.folder import FolderError
 from .claims import failed as failed_claims
 from .claims import recheck as recheck_claim
 from .data import (
@@ -291,6 +293,60 @@ def _cmd_kit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_folder(args: argparse.Namespace) -> int:
+    from .capstone import train_folder
+
+    if not 0 < args.valid_pct < 1:
+        raise CLIError(f"--valid-pct must be between 0 and 1 (e.g. 0.2), got {args.valid_pct}")
+    if args.image_size is not None and args.image_size < 8:
+        raise CLIError(f"--image-size must be 8 pixels or more, got {args.image_size}")
+    if args.epochs is not None and args.epochs < 1:
+        raise CLIError(f"--epochs must be 1 or more, got {args.epochs}")
+    result = train_folder(args.folder, args.out, backbone=args.backbone, mode=args.mode,
+                          valid_pct=args.valid_pct, seed=args.seed, epochs=args.epochs,
+                          image_size=args.image_size, profile=args.profile)
+    print(result.report())
+    print(f"top losses: {result.out / 'top_losses.png'}; split: {result.out / 'split.json'}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import csv
+
+    from .capstone import image_paths, load_export, predict_images
+    from .capstone.folder import write_json_atomic
+    from .device import get_device
+
+    if args.top_k < 1:
+        raise CLIError(f"--top-k must be 1 or more, got {args.top_k}")
+    exported = load_export(args.model, get_device())
+    try:
+        paths = image_paths(args.images)
+    except FileNotFoundError as exc:
+        raise CLIError(str(exc)) from None
+    if not paths:
+        raise CLIError(f"no images found in {', '.join(args.images)}")
+    rows = predict_images(exported, paths, top_k=args.top_k)
+    for row in rows:
+        shown = row.get("error") or ", ".join(f"{c} {p:.3f}" for c, p in row["top"])
+        print(f"{row['path']}: {shown}")
+    if len(rows) > 1 or any(Path(i).is_dir() for i in args.images):
+        out = Path(args.out)
+        write_json_atomic(rows, out.with_suffix(".json"))
+        tmp = out.with_name(f".{out.name}.tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "prediction", "probability", "top_k", "error"])
+            for r in rows:
+                top = r.get("top") or [("", float("nan"))]
+                w.writerow([r["path"], top[0][0], f"{top[0][1]:.4f}",
+                            ";".join(f"{c}:{p:.4f}" for c, p in r.get("top", [])),
+                            r.get("error", "")])
+        tmp.replace(out.with_suffix(".csv"))
+        print(f"wrote {out.with_suffix('.csv')} and {out.with_suffix('.json')}")
+    return 0 if all("error" not in r for r in rows) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="tl-course", description="Run, fetch and check the tl-course notebooks.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -329,6 +385,32 @@ def build_parser() -> argparse.ArgumentParser:
     kit.add_argument("--no-slides", action="store_true", help="leave the slides out")
     kit.add_argument("--repo", default=".", help="the course clone to take files from")
     kit.set_defaults(func=_cmd_kit)
+    from .capstone.export import backbone_names
+    from .capstone.training import MODES
+
+    tf = sub.add_parser("train-folder", help="an image folder (one subfolder per class) to "
+                                             "a trained, exported classifier")
+    tf.add_argument("folder", help="folder with one subfolder of images per class")
+    tf.add_argument("--out", default="model", help="folder for model.pt, model.json, "
+                                                    "split.json, top_losses.png")
+    tf.add_argument("--backbone", default="digits", choices=backbone_names(),
+                    help="pretrained backbone (digits: the course's MNIST source model)")
+    tf.add_argument("--mode", default="finetune", choices=MODES,
+                    help="probe: frozen features + linear head; finetune: the 03 recipe")
+    tf.add_argument("--valid-pct", type=float, default=0.2, help="validation share per class")
+    tf.add_argument("--seed", type=int, default=0, help="split and training seed")
+    tf.add_argument("--epochs", type=int, default=None, help="default: the profile's")
+    tf.add_argument("--image-size", type=int, default=None,
+                    help="pixels per side (default: 28 for digits, 224 for ImageNet models)")
+    tf.add_argument("--profile", help="smoke, cpu or gpu (default: TL_COURSE_PROFILE or auto)")
+    tf.set_defaults(func=_cmd_train_folder)
+    pr = sub.add_parser("predict", help="classify images with an exported model")
+    pr.add_argument("images", nargs="+", help="image files or folders")
+    pr.add_argument("--model", required=True, help="the folder train-folder exported to")
+    pr.add_argument("--top-k", type=int, default=3, help="classes to show per image")
+    pr.add_argument("--out", default="predictions",
+                    help="for several images: writes OUT.csv and OUT.json")
+    pr.set_defaults(func=_cmd_predict)
     return parser
 
 
@@ -338,7 +420,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (CLIError, ProfileError, DeviceError, UnknownDatasetError, DataUnavailableError,
-            WeightsUnavailableError, NotebookFailed, ClaimsFailed, KitError) as exc:
+            WeightsUnavailableError, NotebookFailed, ClaimsFailed, KitError, FolderError,
+            ExportError) as exc:
         print(f"tl-course: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -154,10 +154,21 @@ def _split_mobilenet_v3(m: nn.Module) -> tuple[list[tuple[str, nn.Module]], int]
     return blocks, feats[12].out_channels
 
 
+def _split_efficientnet(m: nn.Module) -> tuple[list[tuple[str, nn.Module]], int]:
+    feats = m.features
+    groups = {"stem": [0], "stage1": [1], "stage2": [2], "stage3": [3], "stage4": [4, 5],
+              "stage5": [6, 7], "head_conv": [8]}
+    blocks = [(n, nn.Sequential(*[feats[i] for i in idx])) for n, idx in groups.items()]
+    return blocks, feats[8].out_channels
+
+
 BACKBONES: dict[str, BackboneSpec] = {
     "resnet18": BackboneSpec("resnet18", "ResNet18_Weights.IMAGENET1K_V1", _split_resnet),
     "mobilenet_v3_small": BackboneSpec(
         "mobilenet_v3_small", "MobileNet_V3_Small_Weights.IMAGENET1K_V1", _split_mobilenet_v3
+    ),
+    "efficientnet_b0": BackboneSpec(
+        "efficientnet_b0", "EfficientNet_B0_Weights.IMAGENET1K_V1", _split_efficientnet
     ),
 }
 

@@ -7,6 +7,7 @@ so notebooks can compose figures with plt.subplots.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -134,4 +135,23 @@ def plot_embedding(
     ax.set_xticks([])
     ax.set_yticks([])
     ax.legend(fontsize=7, markerscale=2, loc="best")
+    return ax
+
+
+def show_cam(image: Any, cam: torch.Tensor, ax: Axes | None = None, title: str = "",
+             alpha: float = 0.45) -> Axes:
+    """An image with a Grad-CAM map (H, W) in [0, 1] laid over it (tlc.explain.grad_cam).
+
+    `image` is a tensor (C, H, W) or a PIL image; it is shown at the map's size."""
+    ax = _axis(ax, figsize=(2.5, 2.5))
+    if isinstance(image, torch.Tensor):
+        img = image.detach().cpu().float()
+        img = img[0] if img.shape[0] == 1 else img.permute(1, 2, 0)
+        ax.imshow(img.numpy(), cmap="gray")
+    else:
+        ax.imshow(image.resize((cam.shape[1], cam.shape[0])))
+    ax.imshow(cam.cpu().numpy(), cmap="jet", alpha=alpha)
+    ax.axis("off")
+    if title:
+        ax.set_title(title, fontsize=8)
     return ax

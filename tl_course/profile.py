@@ -61,7 +61,8 @@ PROFILES: dict[str, Profile] = {
         progress=False,
         seeds=1,
         small_steps=10,
-        minutes={"01": 0.2, "02": 0.3, "03": 0.3, "04": 0.3, "05": 0.2, "06": 0.5, "07": 0.5},
+        minutes={"01": 0.2, "02": 0.3, "03": 0.3, "04": 0.3, "05": 0.2, "06": 0.5, "07": 0.5,
+                 "08": 0.5},
     ),
     "cpu": Profile(
         name="cpu",
@@ -75,7 +76,7 @@ PROFILES: dict[str, Profile] = {
         progress=True,
         seeds=3,
         small_steps=40,
-        minutes={"01": 1, "02": 1.5, "03": 1.5, "04": 3, "05": 2, "06": 4, "07": 4},
+        minutes={"01": 1, "02": 1.5, "03": 1.5, "04": 3, "05": 2, "06": 4, "07": 4, "08": 3},
     ),
     "gpu": Profile(
         name="gpu",
@@ -89,7 +90,7 @@ PROFILES: dict[str, Profile] = {
         progress=True,
         seeds=5,
         small_steps=100,
-        minutes={"01": 4, "02": 6, "03": 6, "04": 10, "05": 6, "06": 6, "07": 5},
+        minutes={"01": 4, "02": 6, "03": 6, "04": 10, "05": 6, "06": 6, "07": 5, "08": 5},
     ),
 }
 

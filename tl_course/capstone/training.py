@@ -1,0 +1,213 @@
+"""An image folder to a trained, evaluated and exported classifier (`tl-course train-folder`).
+
+Two modes, as in notebooks 02 and 03: "probe" trains a linear head on the frozen
+backbone's features (computed once), "finetune" runs the 03 recipe (head first, then
+everything with discriminative learning rates).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import TensorDataset
+
+from ..data import make_loader
+from ..device import get_device, seed_everything, versions
+from ..features import Features, extract_features, linear_probe
+from ..models import TransferModel, count_parameters, create_backbone
+from ..profile import Profile, get_profile
+from ..train import predict
+from .export import DIGITS, SCRATCH, preprocessing, save_export, to_tensor
+from .folder import FolderScan, load_rgb, scan_folder, stratified_split, write_json_atomic
+
+MODES = ("probe", "finetune")
+
+
+@dataclass
+class TrainResult:
+    """What train_folder did: where the export is, and the validation metrics."""
+
+    out: Path
+    classes: list[str]
+    metrics: dict[str, Any]
+    val_true: torch.Tensor
+    val_pred: torch.Tensor
+    val_paths: list[Path] = field(default_factory=list)
+
+    def report(self) -> str:
+        m = self.metrics
+        lines = [f"validation accuracy {m['val_accuracy']:.3f} (majority-class baseline "
+                 f"{m['majority_baseline']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f})"]
+        lines += [f"  {c:20s} {a:.3f}" for c, a in m["per_class_accuracy"].items()]
+        lines.append(f"exported to {self.out / 'model.pt'} and {self.out / 'model.json'}")
+        return "\n".join(lines)
+
+
+def load_tensors(paths: list[Path], prep: dict[str, Any]) -> torch.Tensor:
+    """Every image, preprocessed, stacked (the folders this is for fit in memory)."""
+    return torch.stack([to_tensor(load_rgb(p), prep) for p in paths])
+
+
+def backbone_model(backbone: str, num_classes: int, profile: Profile, device: torch.device,
+                   seed: int) -> TransferModel:
+    """The pretrained backbone with a fresh head: ImageNet weights (torchvision's weights
+    API, cache first), the course's digits source model (notebook 02, load-or-train), or
+    that network at random initialisation (SCRATCH, the no-pretraining baseline)."""
+    if backbone == SCRATCH:
+        from ..models import DigitCNN
+
+        seed_everything(seed)
+        return DigitCNN(num_classes=num_classes).to(device)
+    if backbone == DIGITS:
+        from ..data import load_digits
+        from ..transfer import digit_split, source_model
+
+        source, _ = digit_split(load_digits("mnist", profile))
+        return source_model(profile, device, source).reset_head(num_classes)
+    return create_backbone(backbone, num_classes, pretrained=True).to(device)
+
+
+def _fit_probe(model: TransferModel, train: TensorDataset, device: torch.device, epochs: int,
+               batch_size: int, seed: int, progress: bool) -> None:
+    model.to(device).eval()  # the body stays as it is: only the head is trained
+    feats = extract_features(model, make_loader(train, batch_size, device), device)
+    head, _ = linear_probe(Features(feats.x, feats.y), None, model.head[1].out_features, device,
+                           epochs=epochs, lr=1e-2, seed=seed, progress=progress)
+    model.head[1].load_state_dict(head.state_dict())
+
+
+def _fit_finetune(model: TransferModel, train: TensorDataset, device: torch.device,
+                  epochs: int, batch_size: int, seed: int, progress: bool) -> None:
+    from ..transfer import fine_tune
+
+    loader = make_loader(train, batch_size, device, shuffle=True, seed=seed)
+    fine_tune(model, loader, None, device, epochs=max(1, epochs - 1), head_epochs=1,
+              progress=progress)
+
+
+def top_losses(logits: torch.Tensor, labels: torch.Tensor, n: int = 9) -> torch.Tensor:
+    """Indices of the `n` validation images with the highest loss (most confidently wrong
+    first), as fastai's `plot_top_losses`."""
+    losses = F.cross_entropy(logits, labels, reduction="none")
+    return losses.argsort(descending=True)[:n]
+
+
+def save_top_losses(paths: list[Path], logits: torch.Tensor, labels: torch.Tensor,
+                    classes: list[str], out: Path, n: int = 9) -> Path:
+    """A grid of the top-loss images with true label, prediction and its probability."""
+    from matplotlib.figure import Figure  # no pyplot: leaves the notebook's backend alone
+
+    idx = top_losses(logits, labels, n).tolist()
+    probs = F.softmax(logits, 1)
+    cols = 3
+    rows = max(1, (len(idx) + cols - 1) // cols)
+    fig = Figure(figsize=(3 * cols, 3.2 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, idx, strict=False):
+        pred = int(logits[i].argmax())
+        ax.imshow(load_rgb(paths[i]))
+        ax.set_title(f"true {classes[int(labels[i])]}\npred {classes[pred]} "
+                     f"({float(probs[i, pred]):.2f})", fontsize=8)
+    fig.tight_layout()
+    path = out / "top_losses.png"
+    tmp = out / ".top_losses.tmp.png"
+    fig.savefig(tmp, dpi=90)
+    os.replace(tmp, path)
+    return path
+
+
+def metrics_from(logits: torch.Tensor, labels: torch.Tensor, train_labels: list[int],
+                 classes: list[str]) -> dict[str, Any]:
+    """Accuracy, the majority-class baseline, balanced and per-class accuracy, confusion."""
+    from ..plots import confusion_matrix
+
+    pred = logits.argmax(1)
+    cm = confusion_matrix(labels, pred, len(classes))
+    per_class = {c: float(cm[i, i] / max(1, cm[i].sum())) for i, c in enumerate(classes)}
+    majority = int(np.bincount(train_labels, minlength=len(classes)).argmax())
+    return {"val_accuracy": float((pred == labels).float().mean()),
+            "majority_baseline": float((labels == majority).float().mean()),
+            "majority_class": classes[majority],
+            "balanced_accuracy": float(np.mean(list(per_class.values()))),
+            "per_class_accuracy": per_class, "confusion_matrix": cm.tolist(),
+            "val_images": len(labels)}
+
+
+def train_folder(folder: str | os.PathLike, out: str | os.PathLike, *, backbone: str = DIGITS,
+                 mode: str = "finetune", valid_pct: float = 0.2, seed: int = 0,
+                 epochs: int | None = None, image_size: int | None = None,
+                 profile: str | Profile | None = None, device: torch.device | None = None,
+                 progress: bool | None = None, scan: FolderScan | None = None) -> TrainResult:
+    """Train a classifier on an ImageFolder-layout folder and export it to `out`.
+
+    `scan` reuses an earlier `scan_folder(folder)` (its summary is then not printed again).
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}")
+    prof = profile if isinstance(profile, Profile) else get_profile(profile)
+    device = device or get_device()
+    progress = prof.progress if progress is None else progress
+    epochs = epochs or prof.epochs
+    prep = preprocessing(backbone, image_size)  # validates the backbone name first
+    if scan is None:
+        scan = scan_folder(folder)
+        print(scan.summary())
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    train_idx, val_idx = stratified_split(scan.labels, valid_pct, seed)
+    rel = [str(p.relative_to(scan.root)) for p in scan.paths]
+    write_json_atomic({"seed": seed, "valid_pct": valid_pct, "classes": scan.classes,
+                       "train": [rel[i] for i in train_idx], "valid": [rel[i] for i in val_idx]},
+                      out / "split.json")
+    x = load_tensors(scan.paths, prep)
+    y = torch.tensor(scan.labels)
+    train = TensorDataset(x[train_idx], y[train_idx])
+    val = TensorDataset(x[val_idx], y[val_idx])
+    seed_everything(seed)
+    model = backbone_model(backbone, len(scan.classes), prof, device, seed)
+    start = time.perf_counter()
+    fit_fn = _fit_probe if mode == "probe" else _fit_finetune
+    fit_fn(model, train, device, epochs, prof.batch_size, seed, progress)
+    seconds = time.perf_counter() - start
+    model.eval()
+    logits, labels = predict(model, make_loader(val, 256, device), device)
+    metrics = metrics_from(logits, labels, y[train_idx].tolist(), scan.classes)
+    metrics["train_seconds"] = round(seconds, 1)
+    val_paths = [scan.paths[i] for i in val_idx]
+    save_top_losses(val_paths, logits, labels, scan.classes, out)
+    meta = {"classes": scan.classes, "backbone": backbone, "mode": mode,
+            "preprocess": prep, "metrics": metrics, "parameters": count_parameters(model),
+            "versions": versions(), "split": {"seed": seed, "valid_pct": valid_pct,
+                                              "file": "split.json"},
+            "epochs": epochs, "skipped": [str(p) for p, _ in scan.skipped]}
+    save_export(model.cpu(), out, meta)
+    model.to(device)
+    return TrainResult(out, scan.classes, metrics, labels, logits.argmax(1), val_paths)
+
+
+@torch.no_grad()
+def images_per_second(model: torch.nn.Module, images: torch.Tensor, device: torch.device,
+                      batch_size: int = 64, repeats: int = 2) -> float:
+    """Inference throughput of `model` on `images` (best of `repeats` passes, eval mode)."""
+    from ..device import autocast
+
+    model.eval()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        with autocast(device):
+            for x in images.split(batch_size):
+                model(x.to(device, non_blocking=True))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return len(images) / best
