@@ -7,6 +7,7 @@ everything with discriminative learning rates).
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from .export import DIGITS, SCRATCH, preprocessing, save_export, to_tensor
 from .folder import FolderScan, load_rgb, scan_folder, stratified_split, write_json_atomic
 
 MODES = ("probe", "finetune")
+MIN_STEPS = 150  # default training length in optimiser steps (cpu / gpu profiles)
 
 
 @dataclass
@@ -46,6 +48,8 @@ class TrainResult:
         lines = [f"validation accuracy {m['val_accuracy']:.3f} (majority-class baseline "
                  f"{m['majority_baseline']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f})"]
         lines += [f"  {c:20s} {a:.3f}" for c, a in m["per_class_accuracy"].items()]
+        lines.append("confusion matrix (rows: true class, columns: predicted, in that order):")
+        lines += ["  " + " ".join(f"{n:4d}" for n in row) for row in m["confusion_matrix"]]
         lines.append(f"exported to {self.out / 'model.pt'} and {self.out / 'model.json'}")
         return "\n".join(lines)
 
@@ -156,7 +160,6 @@ def train_folder(folder: str | os.PathLike, out: str | os.PathLike, *, backbone:
     prof = profile if isinstance(profile, Profile) else get_profile(profile)
     device = device or get_device()
     progress = prof.progress if progress is None else progress
-    epochs = epochs or prof.epochs
     prep = preprocessing(backbone, image_size)  # validates the backbone name first
     if scan is None:
         scan = scan_folder(folder)
@@ -172,11 +175,17 @@ def train_folder(folder: str | os.PathLike, out: str | os.PathLike, *, backbone:
     y = torch.tensor(scan.labels)
     train = TensorDataset(x[train_idx], y[train_idx])
     val = TensorDataset(x[val_idx], y[val_idx])
+    # Small folders: a batch of at most a quarter of the images, and enough epochs for
+    # about `min_steps` optimiser steps (a profile's epochs are sized for thousands).
+    batch_size = min(prof.batch_size, max(8, len(train) // 4))
+    if epochs is None:
+        min_steps = 10 if prof.name == "smoke" else MIN_STEPS
+        epochs = max(prof.epochs, math.ceil(min_steps / math.ceil(len(train) / batch_size)))
     seed_everything(seed)
     model = backbone_model(backbone, len(scan.classes), prof, device, seed)
     start = time.perf_counter()
     fit_fn = _fit_probe if mode == "probe" else _fit_finetune
-    fit_fn(model, train, device, epochs, prof.batch_size, seed, progress)
+    fit_fn(model, train, device, epochs, batch_size, seed, progress)
     seconds = time.perf_counter() - start
     model.eval()
     logits, labels = predict(model, make_loader(val, 256, device), device)
@@ -188,7 +197,8 @@ def train_folder(folder: str | os.PathLike, out: str | os.PathLike, *, backbone:
             "preprocess": prep, "metrics": metrics, "parameters": count_parameters(model),
             "versions": versions(), "split": {"seed": seed, "valid_pct": valid_pct,
                                               "file": "split.json"},
-            "epochs": epochs, "skipped": [str(p) for p, _ in scan.skipped]}
+            "epochs": epochs, "batch_size": batch_size,
+            "skipped": [str(p) for p, _ in scan.skipped]}
     save_export(model.cpu(), out, meta)
     model.to(device)
     return TrainResult(out, scan.classes, metrics, labels, logits.argmax(1), val_paths)
