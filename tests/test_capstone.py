@@ -961,3 +961,53 @@ def test_probe_mode_exports_the_trained_head_and_leaves_the_body(tmp_path, monke
     head, _ = linear_probe(Features(feats, y), None, len(SHAPES), torch.device("cpu"),
                            epochs=3, lr=1e-2, seed=0)
     assert torch.allclose(exported.model.head[1].weight, head.weight, atol=1e-5)
+
+
+@pytest.mark.parametrize("edit", [{"channels": 3}, {"image_size": "big"}, {"image_size": 4},
+                                  {"mean": [0.1, 0.2]}])
+def test_edited_preprocess_is_an_export_error(tmp_path, edit):
+    """An edited 'preprocess' that no longer fits the backbone is refused at load time
+    (not a crash at the first image, nor silently wrong predictions)."""
+    from tl_course.capstone import ExportError, load_export
+
+    folder = _tiny_export(tmp_path / "m")
+    meta = json.loads((folder / "model.json").read_text())
+    meta["preprocess"].update(edit)
+    (folder / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ExportError, match="does not fit backbone"):
+        load_export(folder)
+
+
+def test_save_uploads_accepts_the_ipywidgets_7_dict(tmp_path):
+    """ipywidgets 7's FileUpload.value is a dict by file name; both formats are saved."""
+    from tl_course.capstone import save_uploads
+
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(png, format="PNG")
+    v7 = {"red.png": {"content": png.getvalue(), "metadata": {}}}
+    v8 = ({"name": "../../evil/red2.png", "content": memoryview(png.getvalue())},)
+    saved = save_uploads(v7, tmp_path, "red") + save_uploads(v8, tmp_path, "red")
+    assert sorted(p.name for p in saved) == ["red.png", "red2.png"]
+    assert all(p.parent == tmp_path / "red" for p in saved)  # never a path from the browser
+
+
+def test_demo_folder_is_rebuilt_when_its_settings_change(tmp_path, monkeypatch):
+    """The marker records the settings: other sizes or seed give a fresh folder."""
+    from tl_course.capstone import scan_folder, write_demo_folder
+
+    monkeypatch.setenv("TL_COURSE_DATA", str(tmp_path / "data"))
+    out = tmp_path / "demo"
+    write_demo_folder(out, per_class=(3, 3, 3, 3, 3), root=tmp_path / "data", debris=False)
+    assert len(scan_folder(out).paths) == 15
+    write_demo_folder(out, per_class=(4, 2, 2, 2, 2), root=tmp_path / "data", debris=False)
+    assert scan_folder(out).counts()["five"] == 4 and len(scan_folder(out).paths) == 12
+
+
+def test_a_folder_too_big_for_memory_is_refused_with_a_smaller_size():
+    """check_memory names the image size that would fit."""
+    from tl_course.capstone import FolderError, preprocessing
+    from tl_course.capstone.training import check_memory
+
+    check_memory(100, preprocessing("resnet18"))
+    with pytest.raises(FolderError, match="--image-size"):
+        check_memory(100_000, preprocessing("resnet18"))

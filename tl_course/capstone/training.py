@@ -24,9 +24,15 @@ from ..device import get_device, seed_everything, versions
 from ..features import Features, extract_features, linear_probe
 from ..models import TransferModel, count_parameters, create_backbone
 from ..profile import Profile, get_profile
-from ..train import predict
 from .export import DIGITS, SCRATCH, preprocessing, save_export, to_tensor
-from .folder import FolderScan, load_rgb, scan_folder, stratified_split, write_json_atomic
+from .folder import (
+    FolderError,
+    FolderScan,
+    load_rgb,
+    scan_folder,
+    stratified_split,
+    write_json_atomic,
+)
 
 MODES = ("probe", "finetune")
 MIN_STEPS = 150  # default training length in optimiser steps (cpu / gpu profiles)
@@ -54,6 +60,29 @@ class TrainResult:
         return "\n".join(lines)
 
 
+MEMORY_LIMIT_GB = 4.0  # images are held in memory as float32; above this, say so first
+
+
+def check_memory(n_images: int, prep: dict[str, Any], limit_gb: float = MEMORY_LIMIT_GB
+                 ) -> None:
+    """Refuse a folder whose preprocessed images would not fit in `limit_gb`."""
+    size = n_images * prep["channels"] * prep["image_size"] ** 2 * 4 / 1e9
+    if size > limit_gb:
+        smaller = max(32, int(prep["image_size"] * (limit_gb / size) ** 0.5))
+        raise FolderError(f"{n_images} images at {prep['image_size']} px need about "
+                          f"{size:.1f} GB in memory (limit {limit_gb:g} GB): use "
+                          f"--image-size {smaller} or fewer images")
+
+
+@torch.no_grad()
+def _predict_fp32(model: TransferModel, ds: TensorDataset, device: torch.device
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, labels) in full precision, as load_export's predictions are computed."""
+    model.eval()
+    logits = [model(x.to(device)).float().cpu() for x, _ in make_loader(ds, 256, device)]
+    return torch.cat(logits), ds.tensors[1]
+
+
 def load_tensors(paths: list[Path], prep: dict[str, Any]) -> torch.Tensor:
     """Every image, preprocessed, stacked (the folders this is for fit in memory)."""
     return torch.stack([to_tensor(load_rgb(p), prep) for p in paths])
@@ -74,12 +103,16 @@ def backbone_model(backbone: str, num_classes: int, profile: Profile, device: to
         from ..transfer import digit_split, source_model
 
         source, _ = digit_split(load_digits("mnist", profile))
-        return source_model(profile, device, source).reset_head(num_classes)
-    return create_backbone(backbone, num_classes, pretrained=True).to(device)
+        model = source_model(profile, device, source)  # seeds itself (0) when it trains
+        seed_everything(seed)  # the new head follows the run's seed, cached source or not
+        return model.reset_head(num_classes)
+    model = create_backbone(backbone, num_classes, pretrained=True).to(device)
+    seed_everything(seed)
+    return model.reset_head(num_classes)
 
 
 def _fit_probe(model: TransferModel, train: TensorDataset, device: torch.device, epochs: int,
-               batch_size: int, seed: int, progress: bool) -> None:
+               batch_size: int, seed: int, progress: bool, pretrained: bool = True) -> None:
     model.to(device).eval()  # the body stays as it is: only the head is trained
     feats = extract_features(model, make_loader(train, batch_size, device), device)
     head, _ = linear_probe(Features(feats.x, feats.y), None, model.head[1].out_features, device,
@@ -88,12 +121,21 @@ def _fit_probe(model: TransferModel, train: TensorDataset, device: torch.device,
 
 
 def _fit_finetune(model: TransferModel, train: TensorDataset, device: torch.device,
-                  epochs: int, batch_size: int, seed: int, progress: bool) -> None:
+                  epochs: int, batch_size: int, seed: int, progress: bool,
+                  pretrained: bool = True) -> None:
+    """The 03 recipe for a pretrained backbone; plain training of everything at one
+    learning rate for the untrained baseline (a head-first phase and smaller learning
+    rates for early blocks only make sense for weights worth keeping)."""
+    from ..train import fit
     from ..transfer import fine_tune
 
     loader = make_loader(train, batch_size, device, shuffle=True, seed=seed)
-    fine_tune(model, loader, None, device, epochs=max(1, epochs - 1), head_epochs=1,
-              progress=progress)
+    if pretrained:
+        fine_tune(model, loader, None, device, epochs=max(1, epochs - 1), head_epochs=1,
+                  progress=progress)
+    else:
+        fit(model, loader, epochs=epochs, device=device, lr=2e-3, weight_decay=1e-4,
+            progress=progress, desc="train")
 
 
 def top_losses(logits: torch.Tensor, labels: torch.Tensor, n: int = 9) -> torch.Tensor:
@@ -118,8 +160,9 @@ def save_top_losses(paths: list[Path], logits: torch.Tensor, labels: torch.Tenso
         ax.axis("off")
     for ax, i in zip(axes.flat, idx, strict=False):
         pred = int(logits[i].argmax())
+        verdict = "wrong" if pred != int(labels[i]) else "right (fewer errors than images)"
         ax.imshow(load_rgb(paths[i]))
-        ax.set_title(f"true {classes[int(labels[i])]}\npred {classes[pred]} "
+        ax.set_title(f"{verdict}\ntrue {classes[int(labels[i])]}, pred {classes[pred]} "
                      f"({float(probs[i, pred]):.2f})", fontsize=8)
     fig.tight_layout()
     path = out / "top_losses.png"
@@ -164,17 +207,19 @@ def train_folder(folder: str | os.PathLike, out: str | os.PathLike, *, backbone:
     if scan is None:
         scan = scan_folder(folder)
         print(scan.summary())
-    out = Path(out)
+    out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     train_idx, val_idx = stratified_split(scan.labels, valid_pct, seed)
     rel = [str(p.relative_to(scan.root)) for p in scan.paths]
     write_json_atomic({"seed": seed, "valid_pct": valid_pct, "classes": scan.classes,
                        "train": [rel[i] for i in train_idx], "valid": [rel[i] for i in val_idx]},
                       out / "split.json")
+    check_memory(len(scan.paths), prep)
     x = load_tensors(scan.paths, prep)
     y = torch.tensor(scan.labels)
     train = TensorDataset(x[train_idx], y[train_idx])
     val = TensorDataset(x[val_idx], y[val_idx])
+    del x  # the two splits are copies
     # Small folders: a batch of at most a quarter of the images, and enough epochs for
     # about `min_steps` optimiser steps (a profile's epochs are sized for thousands).
     batch_size = min(prof.batch_size, max(8, len(train) // 4))
@@ -185,10 +230,11 @@ def train_folder(folder: str | os.PathLike, out: str | os.PathLike, *, backbone:
     model = backbone_model(backbone, len(scan.classes), prof, device, seed)
     start = time.perf_counter()
     fit_fn = _fit_probe if mode == "probe" else _fit_finetune
-    fit_fn(model, train, device, epochs, batch_size, seed, progress)
+    fit_fn(model, train, device, epochs, batch_size, seed, progress,
+           pretrained=backbone != SCRATCH)
     seconds = time.perf_counter() - start
     model.eval()
-    logits, labels = predict(model, make_loader(val, 256, device), device)
+    logits, labels = _predict_fp32(model, val, device)
     metrics = metrics_from(logits, labels, y[train_idx].tolist(), scan.classes)
     metrics["train_seconds"] = round(seconds, 1)
     val_paths = [scan.paths[i] for i in val_idx]
