@@ -8,7 +8,7 @@ import tl_course.photos
 from tl_course.cli import cache_status, fetchables, main
 from tl_course.models import weights_file
 
-ITEMS = ("mnist", "usps", "svhn", "eurosat", "resnet18", "mobilenet_v3_small")
+ITEMS = ("mnist", "usps", "svhn", "eurosat", "resnet18", "mobilenet_v3_small", "efficientnet_b0")
 
 
 @pytest.fixture
@@ -51,7 +51,7 @@ def test_fetch_list_shows_cached_weights_and_data(
     assert main(["fetch", "--list"]) == 0
     assert _listing(capsys.readouterr().out) == {
         "mnist": "cached", "usps": "missing", "svhn": "missing", "eurosat": "cached",
-        "resnet18": "cached", "mobilenet_v3_small": "missing",
+        "resnet18": "cached", "mobilenet_v3_small": "missing", "efficientnet_b0": "missing",
     }
 
 
