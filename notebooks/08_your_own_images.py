@@ -197,11 +197,11 @@ if STANDIN:
 # %% [markdown]
 # ## 3. Probe or fine-tune
 #
-# Pretraining's edge over training from scratch is a few validation images here (printed
-# above): not established on this stand-in. With the backbone chosen (the best of the
-# table on your folder; `digits` on the stand-in, which the claims below are about), the
-# two ways of notebooks 02 and 03: a
-# linear **probe** on frozen features, and **fine-tuning** everything. Here the target
+# Pretraining's edge over training from scratch, printed above, is at most a few
+# validation images on this stand-in: not established. With the backbone chosen (the best
+# of the table on your folder; `digits` on the stand-in, which the claims below are
+# about), the two ways of notebooks 02 and 03: a linear **probe** on frozen features, and
+# **fine-tuning** everything. Here the target
 # (coloured digits on photos) looks unlike the source (grey digits on black); a likely
 # reason, not measured here, why fine-tuning wins below. On your photos with an ImageNet
 # backbone, measure both: the probe is much cheaper.
