@@ -49,7 +49,7 @@ if "google.colab" in sys.modules:
 # %% [markdown]
 # The first line of output tells you the **profile** (how big this run is), the
 # **device** and roughly how long the notebook takes. The first run trains nine small
-# source models (about 40 s on a laptop CPU) and caches them; later runs load them.
+# source models (each prints its training time) and caches them; later runs load them.
 
 # %%
 import math

@@ -16,6 +16,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from .features import extract_features
+from .train import predict
+
 CUE_SIZE = 4  # pixels; the square sits one pixel in from the top-left corner
 CUE_OFFSET = 1
 
@@ -86,12 +89,8 @@ class FrozenProbe:
         self.encoder, self.device, self.c = encoder, device, c
         self.clf = None
 
-    @torch.no_grad()
     def features(self, images: torch.Tensor) -> np.ndarray:
-        self.encoder.eval()
-        embed = getattr(self.encoder, "features", self.encoder)
-        loader = DataLoader(TensorDataset(images), batch_size=256)
-        return torch.cat([embed(x.to(self.device)).float().cpu() for (x,) in loader]).numpy()
+        return extract_features(self.encoder, _unlabelled(images), self.device).x.numpy()
 
     def fit(self, images: torch.Tensor, labels: torch.Tensor, augment_cue: bool = False
             ) -> FrozenProbe:
@@ -111,11 +110,16 @@ class FrozenProbe:
         return torch.as_tensor(self.clf.predict(self.features(images)))
 
 
+def _unlabelled(images: torch.Tensor) -> DataLoader:
+    """Batches of (image, placeholder label), the shape the course's predict and
+    extract_features take."""
+    return DataLoader(TensorDataset(images, torch.zeros(len(images), dtype=torch.long)),
+                      batch_size=256)
+
+
 def model_predict(model: nn.Module, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
     """A predict function (images -> labels) for a classifier, in eval mode."""
-    @torch.no_grad()
-    def predict(images: torch.Tensor) -> torch.Tensor:
-        model.eval()
-        return torch.cat([model(x.to(device)).argmax(1).cpu() for x in images.split(256)])
+    def predict_labels(images: torch.Tensor) -> torch.Tensor:
+        return predict(model, _unlabelled(images), device)[0].argmax(1)
 
-    return predict
+    return predict_labels

@@ -12,7 +12,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -38,7 +37,7 @@ from .models import (
     weights_intact,
 )
 from .profile import PROFILE_ENV, ProfileError, get_profile
-from .runcard import RUNCARD_ENV
+from .runcard import RUNCARD_ENV, write_text_atomic
 from .runcard import read as read_runcard
 from .session import SEED_ENV
 
@@ -61,14 +60,6 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line instead of usage + error
         self.exit(2, f"tl-course: error: {message} (see `{self.prog} --help`)\n")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _failing_cell(nb: Any) -> tuple[int, str]:
@@ -153,8 +144,8 @@ def run_notebook(path: Path, profile_name: str, out_dir: Path, timeout: int = 18
     }
     if error:
         card["error"] = error
-    _write_atomic(out_dir / path.name, nbformat.writes(nb))
-    _write_atomic(out_dir / f"{path.stem}.runcard.json", json.dumps(card, indent=2) + "\n")
+    write_text_atomic(out_dir / path.name, nbformat.writes(nb))
+    write_text_atomic(out_dir / f"{path.stem}.runcard.json", json.dumps(card, indent=2) + "\n")
     if error:
         raise NotebookFailed(error)
     return card
@@ -312,9 +303,9 @@ def _cmd_train_folder(args: argparse.Namespace) -> int:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     import csv
+    import io
 
     from .capstone import image_paths, load_export, predict_images
-    from .capstone.folder import write_json_atomic
     from .device import get_device
 
     if args.top_k < 1:
@@ -332,17 +323,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         print(f"{row['path']}: {shown}")
     if len(rows) > 1 or any(Path(i).is_dir() for i in args.images):
         out = Path(args.out)
-        write_json_atomic(rows, out.with_suffix(".json"))
-        tmp = out.with_name(f".{out.name}.tmp")
-        with open(tmp, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["path", "prediction", "probability", "top_k", "error"])
-            for r in rows:
-                top = r.get("top") or [("", float("nan"))]
-                w.writerow([r["path"], top[0][0], f"{top[0][1]:.4f}",
-                            ";".join(f"{c}:{p:.4f}" for c, p in r.get("top", [])),
-                            r.get("error", "")])
-        tmp.replace(out.with_suffix(".csv"))
+        write_text_atomic(out.with_suffix(".json"), json.dumps(rows, indent=2) + "\n")
+        table = io.StringIO()
+        w = csv.writer(table)
+        w.writerow(["path", "prediction", "probability", "top_k", "error"])
+        for r in rows:
+            top = r.get("top") or [("", float("nan"))]
+            w.writerow([r["path"], top[0][0], f"{top[0][1]:.4f}",
+                        ";".join(f"{c}:{p:.4f}" for c, p in r.get("top", [])),
+                        r.get("error", "")])
+        write_text_atomic(out.with_suffix(".csv"), table.getvalue())
         print(f"wrote {out.with_suffix('.csv')} and {out.with_suffix('.json')}")
     return 0 if all("error" not in r for r in rows) else 1
 

@@ -18,6 +18,22 @@ from typing import Any
 RUNCARD_ENV = "TL_COURSE_RUNCARD"
 
 
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` to `path` via a temp file in the same folder, then rename: a reader
+    never sees half a file, and an interrupted write leaves no temp file behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def merge_into_card(path: Path, update: Mapping[str, Any]) -> None:
     """Merge `update` into the JSON object at `path`, written atomically."""
     data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
@@ -26,11 +42,7 @@ def merge_into_card(path: Path, update: Mapping[str, Any]) -> None:
             data.setdefault(key, {}).update(value)
         else:
             data.setdefault(key, []).extend(value)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2))
 
 
 def card_path(env: Mapping[str, str] | None) -> Path | None:

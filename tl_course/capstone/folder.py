@@ -153,19 +153,10 @@ def stratified_split(labels: list[int], valid_pct: float, seed: int = 0
 
 
 def write_json_atomic(obj: object, path: str | os.PathLike) -> Path:
-    """Write JSON to `path` via a temp file in the same folder, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write JSON to `path` atomically (temp file, then rename)."""
+    from ..runcard import write_text_atomic
+
+    return write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 def save_uploads(files: Any, folder: str | os.PathLike, class_name: str) -> list[Path]:

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from ..data import data_dir, make_loader
 from ..device import seed_everything
 from ..features import Features, extract_features
-from ..train import fit, load_checkpoint, save_checkpoint
+from ..train import fit, load_checkpoint, predict, save_checkpoint
 from ..transfer import scramble_pixels
 
 # The rungs, in the order of their designed distance from the target (upright digits).
@@ -123,9 +123,8 @@ def features_of(model: nn.Module, ds: TensorDataset, device: torch.device) -> Fe
     return extract_features(model, DataLoader(ds, batch_size=256), device)
 
 
-@torch.no_grad()
 def source_probs(model: nn.Module, images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """The source head's softmax on `images` (what LEEP reads), in eval mode."""
-    model.eval()
-    out = [F.softmax(model(x.to(device)).float(), 1).cpu() for x in images.split(256)]
-    return torch.cat(out)
+    dummy = torch.zeros(len(images), dtype=torch.long)
+    logits, _ = predict(model, DataLoader(TensorDataset(images, dummy), batch_size=256), device)
+    return F.softmax(logits, 1)
