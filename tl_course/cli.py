@@ -28,6 +28,7 @@ from .data import (
     data_dir,
 )
 from .device import DeviceError, get_device, versions
+from .distributed import DistributedError
 from .kit import TORCH_CPU_INDEX, KitError
 from .models import (
     BACKBONES,
@@ -293,11 +294,21 @@ def _cmd_train_folder(args: argparse.Namespace) -> int:
         raise CLIError(f"--image-size must be 8 pixels or more, got {args.image_size}")
     if args.epochs is not None and args.epochs < 1:
         raise CLIError(f"--epochs must be 1 or more, got {args.epochs}")
-    result = train_folder(args.folder, args.out, backbone=args.backbone, mode=args.mode,
-                          valid_pct=args.valid_pct, seed=args.seed, epochs=args.epochs,
-                          image_size=args.image_size, profile=args.profile)
-    print(result.report())
-    print(f"top losses: {result.out / 'top_losses.png'}; split: {result.out / 'split.json'}")
+    from .distributed import init_from_env, launched_by_torchrun, shutdown
+
+    dist = None
+    if launched_by_torchrun():  # torchrun --nproc-per-node N ... train-folder
+        dist = init_from_env()
+    try:
+        result = train_folder(args.folder, args.out, backbone=args.backbone, mode=args.mode,
+                              valid_pct=args.valid_pct, seed=args.seed, epochs=args.epochs,
+                              image_size=args.image_size, profile=args.profile, dist=dist)
+    finally:
+        if dist is not None:
+            shutdown(dist)
+    if dist is None or dist.is_main:
+        print(result.report())
+        print(f"top losses: {result.out / 'top_losses.png'}; split: {result.out / 'split.json'}")
     return 0
 
 
@@ -411,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except (CLIError, ProfileError, DeviceError, UnknownDatasetError, DataUnavailableError,
             WeightsUnavailableError, NotebookFailed, ClaimsFailed, KitError, FolderError,
-            ExportError) as exc:
+            ExportError, DistributedError) as exc:
         print(f"tl-course: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -24,7 +24,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from .device import loader_kwargs
+from .distributed import Dist
 from .profile import Profile
+from .tensor_loader import TensorLoader, fits_on
 
 DATA_ENV = "TL_COURSE_DATA"
 # Host torchvision's MNIST mirror lives on; a quick TCP check avoids long download timeouts.
@@ -393,18 +395,33 @@ def make_loader(
     shuffle: bool = False,
     seed: int | None = None,
     drop_last: bool = False,
-) -> DataLoader:
-    """A DataLoader with settings for `device` and a seeded shuffle.
+    dist: Dist | None = None,
+) -> DataLoader | TensorLoader:
+    """Mini-batches of `ds` for `device`, with a seeded shuffle.
 
     The shuffle order comes from `seed`; without one, from torch's global generator, so it
     follows the session seed (`tlc.start` / `seed_everything`): the same order on every run
     with the same seed, a different one with another seed.
+
+    A TensorDataset that fits on `device` gets a TensorLoader (batches sliced from tensors
+    held on the device; on a CPU the same batches a DataLoader gives); anything else, or
+    data too big for the GPU, a DataLoader with pinned memory and workers where they help.
+    With an active `dist` (torchrun), each process gets its own shard: DistributedSampler
+    when shuffled, every world_size-th example in order when not.
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if shuffle and seed is None:
         seed = int(torch.randint(0, 2**62, ()))  # drawn from the (seeded) global generator
     gen = torch.Generator().manual_seed(seed) if shuffle else None
+    sharded = dist is not None and dist.active
+    if isinstance(ds, TensorDataset) and fits_on(ds.tensors, device):
+        return TensorLoader(ds, batch_size, device, shuffle=shuffle, generator=gen,
+                            drop_last=drop_last, dist=dist, seed=seed or 0)
+    if sharded:
+        raise ValueError("make_loader shards only in-memory TensorDatasets across processes; "
+                         "pass a TensorDataset (or build a DataLoader with a "
+                         "DistributedSampler yourself)")
     return DataLoader(
         ds, batch_size=batch_size, shuffle=shuffle, generator=gen, drop_last=drop_last,
         **loader_kwargs(device),

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .device import autocast, make_grad_scaler, to_device
+from .distributed import Dist
 
 
 @dataclass
@@ -106,38 +107,79 @@ class History:
         return f"History({self.summary()})"
 
 
+def _sum_dtype(device: torch.device) -> torch.dtype:
+    """Sums in double precision, as Python floats would be (MPS has no float64)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 class _Averager:
-    """Running means of step outputs, weighted by batch size."""
+    """Running means of step outputs, weighted by batch size, summed on the device.
+
+    Nothing is read back to the host until `means()`: a `.item()` per step would make the
+    CPU wait for the GPU at every step.
+    """
 
     def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
-        self.count = 0
+        self.sums: dict[str, torch.Tensor | float] = {}
+        self.count: int | torch.Tensor = 0
 
     def update(self, out: dict[str, Any]) -> None:
-        n = int(out.get("n", 1))
-        self.count += n
+        n = out.get("n", 1)
+        n = n.detach() if isinstance(n, torch.Tensor) else int(n)
+        self.count = self.count + n
         for k, v in out.items():
             if k == "n":
                 continue
-            value = v.detach().float().item() if isinstance(v, torch.Tensor) else float(v)
+            value = v.detach().to(_sum_dtype(v.device)) if isinstance(v, torch.Tensor) \
+                else float(v)
             self.sums[k] = self.sums.get(k, 0.0) + value * n
 
-    def means(self) -> dict[str, float]:
-        return {k: s / max(1, self.count) for k, s in self.sums.items()}
+    def empty(self) -> bool:
+        return isinstance(self.count, int) and self.count == 0
+
+    def means(self, dist: Dist | None = None) -> dict[str, float]:
+        """The means, read back once (summed over every process first under torchrun)."""
+        names = list(self.sums)
+        tensors = [v for v in self.sums.values() if isinstance(v, torch.Tensor)]
+        device = tensors[0].device if tensors else torch.device("cpu")
+        if dist is not None and dist.active:
+            device = dist.device
+        dtype = _sum_dtype(device)
+        totals = torch.stack([torch.as_tensor(v, dtype=dtype, device=device).reshape(())
+                              for v in [*(self.sums[k] for k in names), self.count]])
+        if dist is not None:
+            dist.all_reduce_sum(totals)
+        values = totals.tolist()  # the one host read
+        count = max(1.0, values[-1])
+        return {k: v / count for k, v in zip(names, values[:-1], strict=True)}
 
 
 def _check_loss(out: dict[str, Any]) -> torch.Tensor:
+    """The step's loss, checked for type and shape (no host read: see _NonFinite)."""
     loss = out.get("loss") if isinstance(out, dict) else None
     if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
         raise TypeError(
             "a training step must return a dict with a scalar tensor under 'loss', "
             f"got {type(out).__name__} with keys {list(out) if isinstance(out, dict) else '-'}"
         )
-    if not torch.isfinite(loss):
-        raise FloatingPointError(
-            f"loss became {loss.item()}: lower the learning rate or check the inputs"
-        )
     return loss
+
+
+def _check_finite(avg: _Averager, epoch: int, first: int, last: int) -> None:
+    """Raise if a loss since the epoch began was NaN or infinite (one host read).
+
+    The running loss sum carries any NaN or infinity forward, so checking it every
+    CHECK_EVERY steps finds a diverging run without a read per step.
+    """
+    total = avg.sums.get("loss")
+    if isinstance(total, torch.Tensor) and not math.isfinite(float(total)):
+        raise FloatingPointError(
+            f"loss became {float(total)} (NaN or infinite) in epoch {epoch + 1}, at a step "
+            f"between {first + 1} and {last + 1}: lower the learning rate or check the inputs"
+        )
+
+
+CHECK_EVERY = 50  # steps between reads of the non-finite-loss flag
 
 
 def evaluate(
@@ -146,17 +188,23 @@ def evaluate(
     device: torch.device,
     step: StepFn = classification_step,
     amp: bool = True,
+    dist: Dist | None = None,
 ) -> dict[str, float]:
-    """Average the step's metrics over `loader` with the model in eval mode, no gradients."""
+    """Average the step's metrics over `loader` with the model in eval mode, no gradients.
+
+    Under torchrun (`dist`), each process evaluates its shard (make_loader(..., dist=d)
+    without shuffling) and the sums and counts are added over processes, so every example
+    counts exactly once.
+    """
     model.eval()
     avg = _Averager()
     ctx = StepContext(device=device, training=False)
     with torch.no_grad(), autocast(device, enabled=amp):
         for batch in loader:
             avg.update(step(model, batch, ctx))
-    if avg.count == 0:
+    if avg.empty() and (dist is None or not dist.active):
         raise ValueError("evaluate got an empty loader: check the dataset size and batch size")
-    return avg.means()
+    return avg.means(dist)
 
 
 def predict(
@@ -230,6 +278,7 @@ def fit(
     amp: bool = True,
     progress: bool = True,
     desc: str = "fit",
+    dist: Dist | None = None,
 ) -> History:
     """Train `model` for `epochs`, validating after each; return the History.
 
@@ -240,6 +289,13 @@ def fit(
       anything else maximised); restore_best puts back the best weights at the end.
     - checkpoint: path where the best weights are saved (atomically) as a state_dict.
     - progress: one tqdm bar over epochs; pass False in smoke / nbval runs.
+    - dist: under torchrun (distributed.init_from_env), the model is wrapped in
+      DistributedDataParallel for this call (so gradients are averaged over processes),
+      metrics are summed over processes, and only rank 0 shows progress and saves. Give it
+      loaders made with make_loader(..., dist=dist).
+
+    Metrics stay on the device during an epoch and are read once at its end; a NaN or
+    infinite loss is detected on the device and raised within CHECK_EVERY steps.
     """
     from tqdm.auto import tqdm
 
@@ -267,28 +323,33 @@ def fit(
     except TypeError:
         batches = 1
 
-    bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False)
+    main = dist is None or dist.is_main
+    train_model = dist.wrap(model) if dist is not None else model
+    bar = tqdm(range(epochs), desc=desc, disable=not (progress and main), leave=False)
     for epoch in bar:
         start = time.perf_counter()
-        model.train()
+        train_model.train()
         avg = _Averager()
         for i, batch in enumerate(train_loader):
             ctx = StepContext(device, True, epoch, epochs, i, batches, scaler=scaler)
             optimizer.zero_grad(set_to_none=True)
             with autocast(device, enabled=amp):
-                out = step(model, batch, ctx)
+                out = step(train_model, batch, ctx)
             loss = _check_loss(out)
             if not ctx.grads_ready:
                 scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
             avg.update(out)
-        if avg.count == 0:
+            if (i + 1) % CHECK_EVERY == 0:
+                _check_finite(avg, epoch, i + 1 - CHECK_EVERY, i)
+        if avg.empty():
             raise ValueError("fit got an empty train loader: check the dataset and batch size")
-        for k, v in avg.means().items():
+        _check_finite(avg, epoch, i - i % CHECK_EVERY, i)
+        for k, v in avg.means(dist).items():
             history.add(f"train_{k}", v)
         if val_loader is not None:
-            for k, v in evaluate(model, val_loader, device, val_step, amp).items():
+            for k, v in evaluate(model, val_loader, device, val_step, amp, dist).items():
                 history.add(f"val_{k}", v)
         history.add("lr", optimizer.param_groups[0]["lr"])
         history.add("seconds", time.perf_counter() - start)
@@ -305,7 +366,7 @@ def fit(
                 best, stale, history.best_epoch = current, 0, epoch
                 if restore_best:
                     best_state = copy.deepcopy(model.state_dict())
-                if checkpoint is not None:
+                if checkpoint is not None and main:
                     save_checkpoint(model, checkpoint)
             else:
                 stale += 1

@@ -19,6 +19,7 @@ from torch.utils.data import TensorDataset
 
 from .data import DigitsData, data_dir, filter_classes, make_loader, per_class_subset
 from .device import seed_everything
+from .distributed import Dist
 from .features import Features, extract_features, sklearn_probe
 from .models import (
     DigitCNN,
@@ -117,17 +118,20 @@ def fine_tune(
     bn: str = "frozen",
     weight_decay: float = 1e-4,
     progress: bool = False,
+    dist: Dist | None = None,
 ) -> History:
     """fastai-style fine_tune: train the new head on the frozen body, then unfreeze all
     with discriminative learning rates (each earlier block `decay` times the next one's).
+    `dist`: under torchrun, passed to fit (each phase wraps the model in DDP anew, because
+    DDP synchronises only the parameters that were trainable when it wrapped them).
     """
     freeze_body(model, bn=bn)
     history = fit(model, train_loader, val_loader, epochs=head_epochs, device=device, lr=lr,
-                  weight_decay=weight_decay, progress=progress, desc="head")
+                  weight_decay=weight_decay, progress=progress, desc="head", dist=dist)
     unfreeze_all(model)
     opt = torch.optim.AdamW(param_groups(model, lr / 2, decay), weight_decay=weight_decay)
     history.extend(fit(model, train_loader, val_loader, epochs=epochs, device=device,
-                       optimizer=opt, progress=progress, desc="fine-tune"))
+                       optimizer=opt, progress=progress, desc="fine-tune", dist=dist))
     return history
 
 

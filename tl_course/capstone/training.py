@@ -21,6 +21,7 @@ from torch.utils.data import TensorDataset
 
 from ..data import make_loader
 from ..device import get_device, seed_everything, versions
+from ..distributed import Dist, DistributedError, gather_objects, shard
 from ..features import Features, extract_features, linear_probe
 from ..models import TransferModel, count_parameters, create_backbone
 from ..profile import Profile, get_profile
@@ -75,12 +76,33 @@ def check_memory(n_images: int, prep: dict[str, Any], limit_gb: float = MEMORY_L
 
 
 @torch.no_grad()
-def _predict_fp32(model: TransferModel, ds: TensorDataset, device: torch.device
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, labels) in full precision, as load_export's predictions are computed."""
+def _predict_fp32(model: TransferModel, ds: TensorDataset, device: torch.device,
+                  dist: Dist | None = None) -> tuple[list[int], torch.Tensor]:
+    """(indices, logits) of this process's share of `ds`, in full precision, as
+    load_export's predictions are computed. One process: every index. Under torchrun:
+    distributed.shard's disjoint, unpadded share."""
     model.eval()
-    logits = [model(x.to(device)).float().cpu() for x, _ in make_loader(ds, 256, device)]
-    return torch.cat(logits), ds.tensors[1]
+    idx = list(shard(len(ds), dist or Dist(device=device)))
+    part = TensorDataset(*(t[idx] for t in ds.tensors))
+    logits = [model(x.to(device)).float().cpu() for x, _ in make_loader(part, 256, device)]
+    classes = model.head[1].out_features
+    return idx, torch.cat(logits) if logits else torch.zeros(0, classes)
+
+
+def gather_logits(idx: list[int], logits: torch.Tensor, n: int, dist: Dist | None = None
+                  ) -> torch.Tensor:
+    """Every process's (indices, logits) put back in order: the whole set's logits.
+
+    Raises if the shards do not cover every example exactly once (a broken shard would
+    silently skew every number computed from them)."""
+    full = torch.zeros(n, logits.shape[1])
+    seen = torch.zeros(n, dtype=torch.long)
+    for their_idx, their_logits in gather_objects((idx, logits), dist or Dist()):
+        full[their_idx] = their_logits
+        seen[their_idx] += 1
+    if not bool((seen == 1).all()):
+        raise RuntimeError("validation shards do not cover every image exactly once")
+    return full
 
 
 def load_tensors(paths: list[Path], prep: dict[str, Any]) -> torch.Tensor:
@@ -122,20 +144,20 @@ def _fit_probe(model: TransferModel, train: TensorDataset, device: torch.device,
 
 def _fit_finetune(model: TransferModel, train: TensorDataset, device: torch.device,
                   epochs: int, batch_size: int, seed: int, progress: bool,
-                  pretrained: bool = True) -> None:
+                  pretrained: bool = True, dist: Dist | None = None) -> None:
     """The 03 recipe for a pretrained backbone; plain training of everything at one
     learning rate for the untrained baseline (a head-first phase and smaller learning
     rates for early blocks only make sense for weights worth keeping)."""
     from ..train import fit
     from ..transfer import fine_tune
 
-    loader = make_loader(train, batch_size, device, shuffle=True, seed=seed)
+    loader = make_loader(train, batch_size, device, shuffle=True, seed=seed, dist=dist)
     if pretrained:
         fine_tune(model, loader, None, device, epochs=max(1, epochs - 1), head_epochs=1,
-                  progress=progress)
+                  progress=progress, dist=dist)
     else:
         fit(model, loader, epochs=epochs, device=device, lr=2e-3, weight_decay=1e-4,
-            progress=progress, desc="train")
+            progress=progress, desc="train", dist=dist)
 
 
 def top_losses(logits: torch.Tensor, labels: torch.Tensor, n: int = 9) -> torch.Tensor:
@@ -173,47 +195,65 @@ def save_top_losses(paths: list[Path], logits: torch.Tensor, labels: torch.Tenso
 
 
 def metrics_from(logits: torch.Tensor, labels: torch.Tensor, train_labels: list[int],
-                 classes: list[str]) -> dict[str, Any]:
-    """Accuracy, the majority-class baseline, balanced and per-class accuracy, confusion."""
+                 classes: list[str], dist: Dist | None = None) -> dict[str, Any]:
+    """Accuracy, the majority-class baseline, balanced and per-class accuracy, confusion.
+
+    Under torchrun, `logits` and `labels` are this process's shard: the confusion counts
+    are summed over processes (all-reduce), and every metric is read off the sum.
+    """
     from ..plots import confusion_matrix
 
-    pred = logits.argmax(1)
-    cm = confusion_matrix(labels, pred, len(classes))
+    cm = torch.as_tensor(confusion_matrix(labels, logits.argmax(1), len(classes)))
+    if dist is not None and dist.active:
+        cm = dist.all_reduce_sum(cm.to(dist.device)).cpu()
+    cm = cm.numpy()
     per_class = {c: float(cm[i, i] / max(1, cm[i].sum())) for i, c in enumerate(classes)}
     majority = int(np.bincount(train_labels, minlength=len(classes)).argmax())
-    return {"val_accuracy": float((pred == labels).float().mean()),
-            "majority_baseline": float((labels == majority).float().mean()),
+    total = int(cm.sum())
+    return {"val_accuracy": float(np.trace(cm) / max(1, total)),
+            "majority_baseline": float(cm[majority].sum() / max(1, total)),
             "majority_class": classes[majority],
             "balanced_accuracy": float(np.mean(list(per_class.values()))),
             "per_class_accuracy": per_class, "confusion_matrix": cm.tolist(),
-            "val_images": len(labels)}
+            "val_images": total}
 
 
 def train_folder(folder: str | os.PathLike, out: str | os.PathLike, *, backbone: str = DIGITS,
                  mode: str = "finetune", valid_pct: float = 0.2, seed: int = 0,
                  epochs: int | None = None, image_size: int | None = None,
                  profile: str | Profile | None = None, device: torch.device | None = None,
-                 progress: bool | None = None, scan: FolderScan | None = None) -> TrainResult:
+                 progress: bool | None = None, scan: FolderScan | None = None,
+                 dist: Dist | None = None) -> TrainResult:
     """Train a classifier on an ImageFolder-layout folder and export it to `out`.
 
     `scan` reuses an earlier `scan_folder(folder)` (its summary is then not printed again).
+    `dist` (distributed.init_from_env under torchrun): the same run on several processes,
+    each on its shard of every batch (the global batch is the single-process one, so the
+    learning rates are too); rank 0 alone prints and writes files.
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}")
+    d = dist or Dist(device=device or get_device())
+    if d.active and mode == "probe":
+        raise DistributedError("--mode probe trains one linear layer on features computed once: "
+                         "several processes gain nothing there; run it without torchrun, or "
+                         "use --mode finetune")
     prof = profile if isinstance(profile, Profile) else get_profile(profile)
-    device = device or get_device()
+    device = d.device
     progress = prof.progress if progress is None else progress
+    say = print if d.is_main else (lambda *a, **k: None)
     prep = preprocessing(backbone, image_size)  # validates the backbone name first
     if scan is None:
         scan = scan_folder(folder)
-        print(scan.summary())
+        say(scan.summary())
     out = Path(out).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
     train_idx, val_idx = stratified_split(scan.labels, valid_pct, seed)
-    rel = [str(p.relative_to(scan.root)) for p in scan.paths]
-    write_json_atomic({"seed": seed, "valid_pct": valid_pct, "classes": scan.classes,
-                       "train": [rel[i] for i in train_idx], "valid": [rel[i] for i in val_idx]},
-                      out / "split.json")
+    if d.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        rel = [str(p.relative_to(scan.root)) for p in scan.paths]
+        write_json_atomic({"seed": seed, "valid_pct": valid_pct, "classes": scan.classes,
+                           "train": [rel[i] for i in train_idx],
+                           "valid": [rel[i] for i in val_idx]}, out / "split.json")
     check_memory(len(scan.paths), prep)
     x = load_tensors(scan.paths, prep)
     y = torch.tensor(scan.labels)
@@ -223,30 +263,50 @@ def train_folder(folder: str | os.PathLike, out: str | os.PathLike, *, backbone:
     # Small folders: a batch of at most a quarter of the images, and enough epochs for
     # about `min_steps` optimiser steps (a profile's epochs are sized for thousands).
     batch_size = min(prof.batch_size, max(8, len(train) // 4))
+    per_process = math.ceil(batch_size / d.world_size)
+    if d.active:
+        batch_size = per_process * d.world_size
+        say(f"torchrun: {d.world_size} processes ({d.backend} on {device.type}); global "
+            f"batch {batch_size} = {d.world_size} x {per_process} per process; learning "
+            "rates as for one process at that batch (nothing is scaled)")
     if epochs is None:
         min_steps = 10 if prof.name == "smoke" else MIN_STEPS
         epochs = max(prof.epochs, math.ceil(min_steps / math.ceil(len(train) / batch_size)))
     seed_everything(seed)
+    # Rank 0 fills the caches (trained source model, downloaded weights) before the others
+    # read them, so no two processes write one file.
+    if d.active and not d.is_main:
+        d.barrier()
     model = backbone_model(backbone, len(scan.classes), prof, device, seed)
+    if d.active and d.is_main:
+        d.barrier()
     start = time.perf_counter()
-    fit_fn = _fit_probe if mode == "probe" else _fit_finetune
-    fit_fn(model, train, device, epochs, batch_size, seed, progress,
-           pretrained=backbone != SCRATCH)
+    pretrained = backbone != SCRATCH
+    if mode == "probe":
+        _fit_probe(model, train, device, epochs, batch_size, seed, progress, pretrained)
+    else:
+        _fit_finetune(model, train, device, epochs, per_process, seed, progress and d.is_main,
+                      pretrained, d)
     seconds = time.perf_counter() - start
     model.eval()
-    logits, labels = _predict_fp32(model, val, device)
-    metrics = metrics_from(logits, labels, y[train_idx].tolist(), scan.classes)
+    idx, logits = _predict_fp32(model, val, device, d)
+    labels = val.tensors[1]
+    metrics = metrics_from(logits, labels[idx], y[train_idx].tolist(), scan.classes, d)
     metrics["train_seconds"] = round(seconds, 1)
+    logits = gather_logits(idx, logits, len(val), d)
     val_paths = [scan.paths[i] for i in val_idx]
-    save_top_losses(val_paths, logits, labels, scan.classes, out)
-    meta = {"classes": scan.classes, "backbone": backbone, "mode": mode,
-            "preprocess": prep, "metrics": metrics, "parameters": count_parameters(model),
-            "versions": versions(), "split": {"seed": seed, "valid_pct": valid_pct,
-                                              "file": "split.json"},
-            "epochs": epochs, "batch_size": batch_size,
-            "skipped": [str(p) for p, _ in scan.skipped]}
-    save_export(model.cpu(), out, meta)
-    model.to(device)
+    if d.is_main:
+        save_top_losses(val_paths, logits, labels, scan.classes, out)
+        meta = {"classes": scan.classes, "backbone": backbone, "mode": mode,
+                "preprocess": prep, "metrics": metrics, "parameters": count_parameters(model),
+                "versions": versions(), "split": {"seed": seed, "valid_pct": valid_pct,
+                                                  "file": "split.json"},
+                "epochs": epochs, "batch_size": batch_size,
+                "processes": d.world_size,
+                "skipped": [str(p) for p, _ in scan.skipped]}
+        save_export(model.cpu(), out, meta)
+        model.to(device)
+    d.barrier()  # nobody returns (and tears down) before the export is written
     return TrainResult(out, scan.classes, metrics, labels, logits.argmax(1), val_paths)
 
 

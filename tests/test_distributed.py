@@ -1,0 +1,257 @@
+"""Scale-out: two CPU processes with gloo under torchrun, and the pieces they rely on.
+
+DDP's guarantees are tested directly (DESIGN.md, corrections): identical parameters on
+every rank, disjoint shards that cover the data, one export written by rank 0 only, and
+a repeat with the same seed repeating exactly. The comparison with one process uses a
+GroupNorm model and the very sample order the two processes saw, where the two must agree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+from tests import dist_worker as W
+from tests.test_capstone import write_shapes
+from tl_course.capstone import load_export, predict_images
+from tl_course.data import make_loader
+from tl_course.distributed import Dist, DistributedError, init_from_env, shard
+from tl_course.tensor_loader import TensorLoader
+from tl_course.train import evaluate
+
+ROOT = Path(__file__).resolve().parent.parent
+CPU = torch.device("cpu")
+
+
+# ------------------------------------------------------------ single-process pieces
+
+
+def test_shards_are_disjoint_and_cover_everything_without_padding():
+    for n in (0, 1, 7, 10, 37):
+        for world in (1, 2, 3, 4):
+            parts = [list(shard(n, Dist(rank=r, world_size=world))) for r in range(world)]
+            flat = sorted(i for p in parts for i in p)
+            assert flat == list(range(n))  # each example once, none added
+            assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_init_without_torchrun_is_one_process_and_starts_nothing():
+    d = init_from_env(CPU, env={})
+    assert (d.rank, d.world_size, d.active, d.is_main) == (0, 1, False, True)
+    assert not torch.distributed.is_initialized()
+    model = torch.nn.Linear(2, 2)
+    assert d.wrap(model) is model  # no DDP around a single process
+    t = torch.ones(3)
+    assert torch.equal(d.all_reduce_sum(t), torch.ones(3))
+
+
+def test_init_with_half_a_torchrun_environment_says_what_is_missing():
+    with pytest.raises(DistributedError, match="MASTER_ADDR.*torchrun"):
+        init_from_env(CPU, env={"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0",
+                                "MASTER_PORT": "29500"})
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_tensor_loader_gives_a_dataloaders_batches_draw_for_draw(shuffle, drop_last):
+    """Same seed, same batches, and the same global random state afterwards, so results
+    computed with either loader agree (a missing draw would shift every later number)."""
+    ds = TensorDataset(torch.randn(103, 3), torch.arange(103))
+    torch.manual_seed(5)
+    ours = make_loader(ds, 16, CPU, shuffle=shuffle, drop_last=drop_last)
+    assert isinstance(ours, TensorLoader)
+    first = next(iter(ours))[1].tolist()  # a partial pass, as a notebook peeks at a batch
+    got = [[b[1].tolist() for b in ours] for _ in range(3)]
+    after = torch.rand(4)
+    torch.manual_seed(5)
+    seed = int(torch.randint(0, 2**62, ())) if shuffle else None
+    gen = torch.Generator().manual_seed(seed) if shuffle else None
+    ref = DataLoader(ds, 16, shuffle=shuffle, generator=gen, drop_last=drop_last)
+    ref_first = next(iter(ref))[1].tolist()
+    want = [[b[1].tolist() for b in ref] for _ in range(3)]
+    assert first == ref_first and got == want
+    assert torch.equal(after, torch.rand(4))
+    assert len(ours) == len(ref)
+    if shuffle:
+        assert got[0] != got[1]  # reshuffled every epoch
+
+
+def test_sharded_loader_uses_a_distributed_sampler_and_reshuffles_each_pass():
+    ds = TensorDataset(torch.arange(20.0).unsqueeze(1), torch.arange(20))
+    parts = [make_loader(ds, 4, CPU, shuffle=True, seed=1, dist=Dist(rank=r, world_size=2))
+             for r in range(2)]
+    for p in parts:
+        assert isinstance(p.sampler, DistributedSampler)
+    passes = [[torch.cat([b[1] for b in p]).tolist() for p in parts] for _ in range(2)]
+    for r0, r1 in passes:
+        assert sorted(r0 + r1) == list(range(20))  # disjoint halves of everything
+    assert passes[0][0] != passes[1][0]  # set_epoch moved the order on
+    ordered = [torch.cat([b[1] for b in make_loader(ds, 3, CPU, dist=Dist(rank=r,
+                                                                          world_size=3))])
+               for r in range(3)]
+    assert sorted(torch.cat(ordered).tolist()) == list(range(20))
+
+
+def test_fit_reads_nothing_back_per_step(monkeypatch):
+    """Metrics stay on the device: host reads (.item, float, bool, tolist) made by the
+    course's code are counted and must not grow with the number of steps (a GPU would wait
+    at every one). torch's own CPU-side reads (Adam's step counter) are not ours to count."""
+    import traceback
+
+    from tl_course.train import fit
+
+    package = str(ROOT / "tl_course")
+    reads = {"n": 0}
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _original=original, **k):
+            caller = traceback.extract_stack(limit=2)[0].filename
+            reads["n"] += caller.startswith(package)
+            return _original(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+
+    def reads_for(n: int) -> int:
+        ds = TensorDataset(torch.randn(n, 4), torch.randint(0, 3, (n,)))
+        model = torch.nn.Linear(4, 3)
+        loader = make_loader(ds, 4, CPU, shuffle=True, seed=0)
+        reads["n"] = 0
+        fit(model, loader, epochs=1, device=CPU, progress=False)
+        return reads["n"]
+
+    few, many = reads_for(16), reads_for(160)  # 4 steps, then 40 steps
+    assert many - few <= 2, f"{many - few} more host reads for 36 more steps"
+
+
+def test_fit_still_stops_a_diverging_run_with_a_clear_error():
+    from tl_course.train import fit
+
+    x = torch.randn(64, 4)
+    x[37] = float("nan")
+    loader = make_loader(TensorDataset(x, torch.zeros(64, dtype=torch.long)), 8, CPU)
+    with pytest.raises(FloatingPointError, match="nan.*epoch 1.*lower the learning rate"):
+        fit(torch.nn.Linear(4, 2), loader, epochs=3, device=CPU, progress=False)
+
+
+# ------------------------------------------------------------- two processes, gloo
+
+
+def _torchrun(args: list[str], tmp: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
+           "TL_COURSE_PROFILE": "smoke"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           "--nproc-per-node", "2", *args]
+    run = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return run
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    """The worker once under torchrun, then the CLI under torchrun on the same folder."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    folder = write_shapes(tmp / "shapes", n=12)
+    _torchrun([str(ROOT / "tests" / "dist_worker.py"), str(tmp), str(folder)], tmp)
+    cli = _torchrun(["-m", "tl_course.cli", "train-folder", str(folder), "--out",
+                     str(tmp / "cli-export"), "--backbone", "digits-scratch", "--epochs", "2",
+                     "--profile", "smoke"], tmp)
+    ranks = [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    return {"tmp": tmp, "folder": folder, "ranks": ranks, "cli": cli}
+
+
+def test_every_rank_ends_with_identical_parameters(two_processes):
+    a, b = (r["state"] for r in two_processes["ranks"])
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_training_shards_are_disjoint_and_cover_the_set_every_epoch(two_processes):
+    r0, r1 = (r["order"] for r in two_processes["ranks"])
+    for e in range(W.EPOCHS):
+        assert sorted(r0[e] + r1[e]) == list(range(W.N_TRAIN))
+    assert r0[0] != r0[1]  # set_epoch reshuffled
+    assert two_processes["ranks"][0]["passes"] == W.EPOCHS  # one set_epoch per epoch
+
+
+def test_ddp_matches_one_process_on_the_same_global_batches(two_processes):
+    """Plain PyTorch, one process, batches = rank 0's batch + rank 1's batch, same order:
+    DDP's averaged gradients must give the same parameters, to float precision."""
+    train, _ = W.toy_data()
+    x, y = train.tensors
+    orders = [r["order"] for r in two_processes["ranks"]]
+    model = W.toy_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)  # as fit
+    losses = []
+    for e in range(W.EPOCHS):
+        total = 0.0
+        for s in range(0, len(orders[0][e]), W.PER_PROCESS):
+            idx = orders[0][e][s:s + W.PER_PROCESS] + orders[1][e][s:s + W.PER_PROCESS]
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+        losses.append(total / sum(len(o[e]) for o in orders))
+    ddp = two_processes["ranks"][0]
+    for k, v in model.state_dict().items():
+        assert torch.allclose(ddp["state"][k], v, atol=1e-5), k
+    # The loss fit reports is the mean over both processes' examples.
+    assert ddp["history"]["train_loss"] == pytest.approx(losses, abs=1e-5)
+
+
+def test_sharded_evaluation_counts_every_example_once(two_processes):
+    """37 validation examples on 2 processes: 19 + 18, summed, equals one process."""
+    _, val = W.toy_data()
+    model = W.toy_model()
+    model.load_state_dict(two_processes["ranks"][0]["state"])
+    whole = evaluate(model, make_loader(val, 5, CPU), CPU)
+    for r in two_processes["ranks"]:
+        assert r["val"] == pytest.approx(whole, abs=1e-6)
+
+
+def test_only_rank_0_writes_the_capstone_export(two_processes):
+    tmp = two_processes["tmp"]
+    assert not (tmp / "capstone-rank1").exists()
+    files = sorted(p.name for p in (tmp / "capstone-rank0").iterdir())
+    assert files == ["model.json", "model.pt", "split.json", "top_losses.png"]
+    m0, m1 = (json.loads((tmp / f"capstone-metrics-rank{r}.json").read_text())
+              for r in range(2))
+    assert m0["confusion_matrix"] == m1["confusion_matrix"]  # all-reduced, on every rank
+    split = json.loads((tmp / "capstone-rank0" / "split.json").read_text())
+    assert m0["val_images"] == sum(map(sum, m0["confusion_matrix"])) == len(split["valid"])
+
+
+def test_the_cli_under_torchrun_repeats_the_same_seed_exactly(two_processes):
+    """Worker and CLI: two launches, same folder and seed: the same weights, bit for bit,
+    and one export in the single-process format that predicts."""
+    tmp = two_processes["tmp"]
+    out = tmp / "cli-export"
+    assert "global batch" in two_processes["cli"].stdout
+    assert two_processes["cli"].stdout.count("validation accuracy") == 1  # rank 0 only
+    a = torch.load(out / "model.pt", weights_only=True)
+    b = torch.load(tmp / "capstone-rank0" / "model.pt", weights_only=True)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["processes"] == 2
+    exported = load_export(out, CPU)
+    rows = predict_images(exported, sorted((two_processes["folder"] / "circles").iterdir()))
+    assert len(rows) == 12 and all(r["top"][0][0] in exported.classes for r in rows)
+
+
+def test_probe_mode_under_torchrun_is_refused_with_a_reason():
+    from tl_course.capstone import train_folder
+
+    with pytest.raises(DistributedError, match="probe.*without torchrun"):
+        train_folder("unused", "unused", mode="probe", dist=Dist(rank=0, world_size=2))
