@@ -380,4 +380,22 @@ tlc.exercises.check_weakest_class(my_weakest, per_class)
 # From a terminal, the same: `tl-course train-folder FOLDER --out model` and
 # `tl-course predict IMAGE --model model`.
 #
+# **Several processes, same command.** `torchrun` (PyTorch's launcher) starts one copy per
+# GPU, or per CPU process, and `train-folder` turns into a DistributedDataParallel run:
+#
+# ```bash
+# # one machine, 2 processes (GPUs: NCCL; CPU only: gloo)
+# torchrun --nproc-per-node 2 -m tl_course.cli train-folder FOLDER --out model
+# # several machines: the same line on each, pointing at the first one
+# torchrun --nnodes 2 --nproc-per-node 4 --rdzv-backend c10d \
+#     --rdzv-endpoint first-machine:29400 --rdzv-id run1 \
+#     -m tl_course.cli train-folder FOLDER --out model
+# ```
+#
+# Each process trains on its own shard of every batch and DDP averages the gradients, so
+# all processes keep identical weights; the global batch and learning rates are those of
+# one process, and the run prints them. Only rank 0 writes the export, in the same format
+# as above. On a cluster, every machine needs the folder at the same path and the same
+# environment, and a scheduler (e.g. Slurm's `srun`) starts one `torchrun` per machine.
+#
 # **Back to the start:** [course overview](../README.md)

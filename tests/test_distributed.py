@@ -133,13 +133,20 @@ def test_fit_reads_nothing_back_per_step(monkeypatch):
 
 
 def test_fit_still_stops_a_diverging_run_with_a_clear_error():
-    from tl_course.train import fit
+    """The NaN is in the first batch of 100: fit stops at the first check (step 50),
+    not at the end of the epoch, and says where."""
+    from tl_course.train import CHECK_EVERY, fit
 
-    x = torch.randn(64, 4)
-    x[37] = float("nan")
-    loader = make_loader(TensorDataset(x, torch.zeros(64, dtype=torch.long)), 8, CPU)
-    with pytest.raises(FloatingPointError, match="nan.*epoch 1.*lower the learning rate"):
-        fit(torch.nn.Linear(4, 2), loader, epochs=3, device=CPU, progress=False)
+    x = torch.randn(400, 4)
+    x[2] = float("nan")
+    loader = make_loader(TensorDataset(x, torch.zeros(400, dtype=torch.long)), 4, CPU)
+    model = torch.nn.Linear(4, 2)
+    steps = {"n": 0}
+    model.register_forward_hook(lambda *_: steps.__setitem__("n", steps["n"] + 1))
+    with pytest.raises(FloatingPointError,
+                       match=f"nan.*epoch 1.*between 1 and {CHECK_EVERY}:.*learning rate"):
+        fit(model, loader, epochs=3, device=CPU, progress=False)
+    assert steps["n"] == CHECK_EVERY
 
 
 # ------------------------------------------------------------- two processes, gloo

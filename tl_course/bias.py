@@ -8,14 +8,15 @@ that change, and where they go says which target classes inherited the cue.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
+from .data import make_loader
 from .features import extract_features
 from .train import predict
 
@@ -90,7 +91,8 @@ class FrozenProbe:
         self.clf = None
 
     def features(self, images: torch.Tensor) -> np.ndarray:
-        return extract_features(self.encoder, _unlabelled(images), self.device).x.numpy()
+        loader = _unlabelled(images, self.device)
+        return extract_features(self.encoder, loader, self.device).x.numpy()
 
     def fit(self, images: torch.Tensor, labels: torch.Tensor, augment_cue: bool = False
             ) -> FrozenProbe:
@@ -110,16 +112,16 @@ class FrozenProbe:
         return torch.as_tensor(self.clf.predict(self.features(images)))
 
 
-def _unlabelled(images: torch.Tensor) -> DataLoader:
+def _unlabelled(images: torch.Tensor, device: torch.device) -> Iterable:
     """Batches of (image, placeholder label), the shape the course's predict and
     extract_features take."""
-    return DataLoader(TensorDataset(images, torch.zeros(len(images), dtype=torch.long)),
-                      batch_size=256)
+    return make_loader(TensorDataset(images, torch.zeros(len(images), dtype=torch.long)),
+                       256, device)
 
 
 def model_predict(model: nn.Module, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
     """A predict function (images -> labels) for a classifier, in eval mode."""
     def predict_labels(images: torch.Tensor) -> torch.Tensor:
-        return predict(model, _unlabelled(images), device)[0].argmax(1)
+        return predict(model, _unlabelled(images, device), device)[0].argmax(1)
 
     return predict_labels

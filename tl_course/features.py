@@ -14,8 +14,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
+from .data import make_loader
 from .device import autocast, to_device
 from .train import History, fit, save_atomic
 
@@ -81,9 +82,8 @@ def linear_probe(
         raise ValueError(f"train features have {train.dim} dims but val features {val.dim}")
     torch.manual_seed(seed)
     head = nn.Linear(train.dim, num_classes)
-    gen = torch.Generator().manual_seed(seed)
-    train_loader = DataLoader(train.dataset(), batch_size=batch_size, shuffle=True, generator=gen)
-    val_loader = DataLoader(val.dataset(), batch_size=1024) if val is not None else None
+    train_loader = make_loader(train.dataset(), batch_size, device, shuffle=True, seed=seed)
+    val_loader = make_loader(val.dataset(), 1024, device) if val is not None else None
     history = fit(head, train_loader, val_loader, epochs=epochs, device=device, lr=lr,
                   weight_decay=weight_decay, progress=progress, desc="probe")
     return head, history

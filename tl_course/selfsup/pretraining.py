@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from ..data import data_dir
+from ..data import data_dir, make_loader
 from ..device import seed_everything
 from ..features import Features, extract_features
 from ..train import History, fit, load_checkpoint, save_checkpoint
@@ -68,8 +68,7 @@ def pretrain(method: str, images: torch.Tensor, device: torch.device, *, steps: 
     model.to(device)
     ds = unlabelled(images)
     batch_size = min(batch_size, len(ds))
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=True, drop_last=True,
-                        generator=torch.Generator().manual_seed(seed))
+    loader = make_loader(ds, batch_size, device, shuffle=True, seed=seed, drop_last=True)
     per_epoch = len(loader)
     epochs = max(1, round(steps / per_epoch))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)

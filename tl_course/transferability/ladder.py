@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 from ..data import data_dir, make_loader
 from ..device import seed_everything
@@ -120,11 +120,11 @@ def ladder_sources(train: TensorDataset, device: torch.device, *, data_tag: str,
 
 def features_of(model: nn.Module, ds: TensorDataset, device: torch.device) -> Features:
     """The encoder's 128-d features of a labelled dataset (eval mode)."""
-    return extract_features(model, DataLoader(ds, batch_size=256), device)
+    return extract_features(model, make_loader(ds, 256, device), device)
 
 
 def source_probs(model: nn.Module, images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """The source head's softmax on `images` (what LEEP reads), in eval mode."""
     dummy = torch.zeros(len(images), dtype=torch.long)
-    logits, _ = predict(model, DataLoader(TensorDataset(images, dummy), batch_size=256), device)
+    logits, _ = predict(model, make_loader(TensorDataset(images, dummy), 256, device), device)
     return F.softmax(logits, 1)
