@@ -29,7 +29,7 @@ SLIDES = ROOT / "slides"
 TEST_BUILD = SLIDES / "_build" / "test-smoke"
 SCREENSHOTS = SLIDES / "_build" / "screenshots"
 REFERENCE = ROOT / "tl_course" / "reference_results.json"
-MODULES = ["01", "02", "03", "04", "05", "06", "07", "08"]
+MODULES = ["01", "02", "03", "04", "05", "06", "07", "08", "09"]
 COMMAND = "python benchmarks/claims.py --profile cpu --seeds 0 1 2"
 
 

@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 _SUBMODULES = (
     "adapt", "bias", "capstone", "claims", "data", "device", "domains", "exercises", "explain",
     "features", "models", "multimnist", "multitask", "photos", "plots", "profile", "runcard",
-    "selfsup", "session", "train", "transfer", "transferability", "widgets",
+    "selfsup", "session", "text", "train", "transfer", "transferability", "widgets",
 )
 # name -> submodule it comes from
 _NAMES = {

