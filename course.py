@@ -5,6 +5,9 @@
     python course.py test              set up .venv with the test tools; every unit test and
                                        notebook (smoke profile, offline)
     python course.py claims            every notebook in the cpu profile; fails if a claim fails
+    python course.py mutants [--curated | MODULE...]
+                                       plant bugs in the algorithm modules: the curated
+                                       realistic ones (CI), or mutmut's (score per module)
     python course.py kit-check DIR     check a copied offline kit (before anything is installed)
 
 On Windows: `py course.py lab`. `bash course.sh ...` runs this file. Standard library only:
@@ -125,7 +128,8 @@ def main(argv: "list[str] | None" = None) -> int:
         fail(f"Python {'.'.join(map(str, MIN_PYTHON))} or newer is needed (this is "
              f"{sys.version.split()[0]}); run this file with a newer python")
     parser = argparse.ArgumentParser(prog="course.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["lab", "setup", "test", "claims", "kit-check"])
+    parser.add_argument("command", choices=["lab", "setup", "test", "claims", "mutants",
+                                                "kit-check"])
     parser.add_argument("--kit", type=Path, help="lab: install from this offline kit")
     parser.add_argument("--venv", type=Path, default=ROOT / ".venv",
                         help="the virtual environment to use (default .venv)")
@@ -164,6 +168,11 @@ def main(argv: "list[str] | None" = None) -> int:
         if lint:
             return lint
         return run([str(python), "-m", "pytest", "-n", "2", "--dist", "loadscope", *rest], env)
+    if args.command == "mutants":
+        # Mutation testing (benchmarks/mutants.py): each planted bug must fail a unit test.
+        env = {**os.environ, "TL_COURSE_PROFILE": "smoke", "OMP_NUM_THREADS": "1",
+               "MKL_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+        return run([str(python), str(ROOT / "benchmarks" / "mutants.py"), *rest], env)
     # claims: each notebook once in the cpu profile (offline: the 5,000-digit sample), with its
     # claims enforced. SEED picks the session seed (default 0). Two cores, one kernel.
     env = {**os.environ, "MPLBACKEND": "Agg"}
