@@ -26,7 +26,7 @@ from tl_course.text import finetune as ft
 from tl_course.text import loaders, probes, splits
 
 ROOT = Path(__file__).resolve().parents[1]
-L2SP = 0.1  # chosen on validation words from {0.01, 0.1, 1} (see --l2sp)
+L2SP = 0.1  # chosen on validation words from {0.01, 0.1, 1}, at seed 0 only (see --l2sp)
 
 
 def measure(seeds: list[int], ks: list[int], episodes: int, steps: int, l2sp: float,

@@ -142,6 +142,17 @@ def test_word_lists_are_in_glove_and_match_the_paper(glove):
     assert not set(wordlists.EUROPEAN_AMERICAN_NAMES) & set(wordlists.EUROPEAN_AMERICAN_LEFT_OUT)
 
 
+def test_name_lists_gender_split_is_greenwalds():
+    ea_m, aa_m = wordlists.EUROPEAN_AMERICAN_MALE, wordlists.AFRICAN_AMERICAN_MALE
+    assert (len(ea_m), len(aa_m)) == (17, 19)
+    assert ea_m[-1] == "peter" and aa_m[-1] == "wardell"
+    ea_f = wordlists.EUROPEAN_AMERICAN_NAMES[len(ea_m):]
+    aa_f = wordlists.AFRICAN_AMERICAN_NAMES[len(aa_m):]
+    assert ea_f[0] == "amanda" and aa_f[0] == "nichelle"
+    assert {"frank", "jack", "jerome", "malik"} <= set(ea_m + aa_m)
+    assert not {"emily", "ebony", "jasmine", "yvette"} & set(ea_m + aa_m)
+
+
 # ----------------------------------------------------------------------------- splits
 
 
@@ -177,6 +188,16 @@ def test_real_family_split_has_no_shared_stem(lexicon_words):
     rnd = splits.random_split(len(fam), seed=1)
     assert rnd.sizes()[2] == round(0.4 * len(fam))
     assert len(set(fam[rnd.train]) & set(fam[rnd.test])) > 100  # the leak it shows
+
+
+def test_has_relative_marks_test_words_whose_family_trains():
+    fam = ["a", "a", "b", "c", "c", "d"]
+    got = splits.has_relative(fam, np.array([0, 3]), np.array([1, 2, 4, 5]))
+    assert got.tolist() == [True, False, True, False]
+    words = _words()
+    stems_ = splits.stems(words)
+    sp = splits.family_split(stems_, val_words=4, seed=0)
+    assert not splits.has_relative(stems_, sp.train, sp.test).any()  # none on a family split
 
 
 def test_k_per_class_draws_from_the_pool_only():
@@ -256,6 +277,30 @@ def test_label_efficiency_pairs_the_methods():
     assert out["a"][5] == [0.5] * 3
 
 
+def test_leak_by_relatives_scores_the_two_parts_on_labels_efficiencys_words():
+    """A planted leak: a predictor that copies the label of a training relative and
+    otherwise answers 0 is perfect on words with a relative and 0.5 (balanced) on the rest."""
+    fam = np.repeat(np.arange(50), 2)  # 50 families of two words, one label each
+    labels = np.repeat(np.array([0, 1] * 25), 2)
+    sp = splits.random_split(len(fam), test_fraction=0.4, val_words=10, seed=0)
+    drawn = []
+
+    def copy_relative(train, val, test):
+        drawn.append(tuple(train))
+        by_family = {fam[i]: labels[i] for i in train}
+        return np.array([by_family.get(fam[i], 0) for i in test])
+
+    out = probes.leak_by_relatives({"copy": copy_relative}, labels, fam, sp, 5, 4, seed=3)
+    whole, rel, rest = out.scores["copy"]
+    assert rel == 1.0 and rest == 0.5 and rest < whole < rel
+    shares = [splits.has_relative(fam, np.array(t), sp.test).mean() for t in drawn]
+    assert out.share_with_relative == pytest.approx(np.mean(shares)) and 0 < np.mean(shares) < 1
+    same = []
+    probes.label_efficiency({"m": lambda tr, va, te: same.append(tuple(tr)) or 0.5}, labels,
+                            sp, [5], 4, seed=3)
+    assert same == drawn  # the same episodes as the label-efficiency table
+
+
 # ----------------------------------------------------------------------------- fine-tuning
 
 
@@ -330,6 +375,8 @@ def test_finetune_episode_reports_shifts_and_chooses_on_validation():
     assert set(ep.runs) == {"lr 0.001", "lr 0.1", "L2-SP", "AdamW"}
     assert ep.runs["lr 0.1"].unseen_shift == 0 and ep.runs["lr 0.1"].seen_shift > 0
     assert ep.runs["AdamW"].unseen_shift > 0
+    assert ep.runs["AdamW"].unseen_shift_min > 0 and ep.runs["AdamW"].unseen_norm_ratio_max < 1
+    assert ep.runs["lr 0.1"].unseen_shift_min == 0 and ep.runs["lr 0.1"].unseen_norm_ratio_max == 1
     candidates = {"probe": ep.probe.val, **{n: r.val for n, r in ep.runs.items()
                                            if n.startswith("lr ")}}
     assert ep.chosen == max(candidates, key=candidates.get)  # ties: the earlier (smaller LR)
@@ -463,6 +510,48 @@ def test_frequency_band_and_spearman():
     assert names.spearman(a, b) == pytest.approx(spearmanr(a, b)[0])
 
 
+def test_bootstrap_gap_interval_covers_the_true_gap():
+    assert names.bootstrap_gap_interval(np.full(5, 0.7), np.full(7, 0.2)) == pytest.approx(
+        (0.5, 0.5))
+    rng = np.random.default_rng(0)
+    hits = []
+    for trial in range(200):
+        a, b = rng.normal(0.3, 1, 30), rng.normal(0.0, 1, 40)
+        lo, hi = names.bootstrap_gap_interval(a, b, n_boot=400, seed=trial)
+        assert lo < a.mean() - b.mean() < hi
+        hits.append(lo < 0.3 < hi)
+    assert 0.88 < np.mean(hits) < 0.99  # a 95% interval, roughly
+
+
+def test_bootstrap_group_interval_is_the_regression_on_resampled_names():
+    rng = np.random.default_rng(1)
+    group = np.r_[np.ones(20), np.zeros(25)].astype(bool)
+    ranks = np.exp(rng.normal(9, 1, 45) - group)
+    scores = 1.0 + 0.05 * group - 0.08 * np.log(ranks) + rng.normal(0, 0.05, 45)
+    lo, hi = names.bootstrap_group_interval(scores, group, ranks, n_boot=300, seed=4)
+    # The same resamples, drawn as the function draws them, through group_rank_regression.
+    r = np.random.default_rng(4)
+    ia, ib = np.flatnonzero(group), np.flatnonzero(~group)
+    rows = np.concatenate([ia[r.integers(0, 20, (300, 20))], ib[r.integers(0, 25, (300, 25))]],
+                          axis=1)
+    coefs = [names.group_rank_regression(scores[i], group[i], ranks[i]).group for i in rows]
+    assert (lo, hi) == pytest.approx(tuple(np.percentile(coefs, [2.5, 97.5])))
+    reg = names.group_rank_regression(scores, group, ranks)
+    assert lo < reg.group < hi and hi - lo == pytest.approx(4 * reg.group_se, rel=0.5)
+
+
+def test_raw_gap_is_group_plus_frequency_part():
+    rng = np.random.default_rng(2)
+    group = np.r_[np.ones(30), np.zeros(30)].astype(bool)
+    ranks = np.exp(rng.normal(8, 1, 60) + 2 * ~group)
+    scores = 1.5 - 0.1 * np.log(ranks) + 0.02 * group + rng.normal(0, 0.03, 60)
+    reg = names.group_rank_regression(scores, group, ranks)
+    part = names.frequency_part(reg, group, ranks)
+    raw = scores[group].mean() - scores[~group].mean()
+    assert reg.group + part == pytest.approx(raw)
+    assert part == pytest.approx(0.2, abs=0.05)  # -0.1 x (2 units of mean log rank)
+
+
 # ----------------------------------------------------------------------------- mitigation
 
 
@@ -496,6 +585,16 @@ def test_mitigation_in_sample_looks_better_than_held_out(glove, lexicon_words):
     assert abs(m.weat_in_after) < 0.3 < m.weat_in_before
     assert m.weat_held_after > m.weat_in_after
     assert abs(m.words_after - m.words_before) < 0.02
+    assert m.per_halving.shape == (2, len(mitigation.PER_HALVING))
+    for i, column in enumerate(mitigation.PER_HALVING):
+        if column != "words_after":
+            assert getattr(m, column) == pytest.approx(m.per_halving[:, i].mean())
+    lo, hi = m.spread("gap_held_after")
+    assert lo <= m.gap_held_after <= hi
+    assert 0 <= m.share("group_held_after", below="group_held_before") <= 1
+    # The direction between the lists is also a frequency direction (GloVe, these names).
+    assert m.direction_rank_rho_a < -0.3 and m.direction_rank_rho_b < -0.3
+    assert "per_halving" not in mitigation.as_dict(m)
 
 
 # ----------------------------------------------------------------------------- sentences
@@ -518,6 +617,23 @@ def test_sentence_shares_add_up_to_the_probe_of_the_mean():
     assert s.probability == pytest.approx(float(model.predict_proba(mean[None])[0, 1]))
     assert "not in GloVe" in sentences.table(s)
     assert sentences.explain("zzz qqq", vec, model).logit is None
+
+
+def test_tokenizer_splits_contractions_like_glove():
+    assert sentences.tokenize("Don't! It\u2019s good, isn't it? I can't, won't; o'clock") == [
+        "do", "n't", "it", "'s", "good", "is", "n't", "it", "i", "ca", "n't", "wo", "n't",
+        "o'clock"]
+    assert sentences.tokenize("we'll they're I'm you've he'd") == [
+        "we", "'ll", "they", "'re", "i", "'m", "you", "'ve", "he", "'d"]
+
+
+@needs_glove
+def test_split_contractions_are_in_glove(glove):
+    for clitic in sentences.CLITICS + ("ca", "wo"):
+        assert clitic in glove
+    s = sentences.explain("It wasn't good", glove, probes.fit_probe(
+        glove.rows(["good", "great", "bad", "awful"]), np.array([1, 1, 0, 0])))
+    assert all(c.in_vocab for c in s.words) and [c.word for c in s.words][-2] == "n't"
 
 
 def test_panel_prints_the_table_without_widgets(monkeypatch, capsys):

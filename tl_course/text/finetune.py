@@ -59,6 +59,11 @@ class WordClassifier(nn.Module):
         """How far each row has moved from its pretrained value (L2), on the CPU."""
         return (self.embedding.weight.detach() - self.pretrained).norm(dim=1).cpu()
 
+    def row_norm_ratio(self) -> torch.Tensor:
+        """Each row's length now over its pretrained length (< 1: the row shrank), on the CPU."""
+        return (self.embedding.weight.detach().norm(dim=1)
+                / self.pretrained.norm(dim=1).clamp_min(1e-12)).cpu()
+
 
 def penalised_step(head_l2: float, l2sp: float):
     """A `fit` step: cross-entropy + head_l2 ||w||^2 + l2sp / 2 ||E - E0||^2."""
@@ -113,6 +118,8 @@ class Run:
     val: float
     seen_shift: float  # mean over the k training words' rows
     unseen_shift: float  # largest over every other row
+    unseen_shift_min: float = 0.0  # smallest over every other row
+    unseen_norm_ratio_max: float = 1.0  # largest length after / length before, other rows
 
 
 @dataclass
@@ -158,9 +165,13 @@ def finetune_episode(table: np.ndarray, labels: np.ndarray, train: np.ndarray,
         finetune(model, train, labels, steps=steps, device=device, head_l2=head_l2, **kwargs)
         pred = predict_all(model, device)
         shift = model.row_shift().numpy()
+        ratio = model.row_norm_ratio().numpy()
+        rest_shift, rest_ratio = shift[~seen], ratio[~seen]  # every row not trained on
         run = Run(balanced_accuracy(labels[test], pred[test]),
                   balanced_accuracy(labels[val], pred[val]),
-                  float(shift[seen].mean()), float(shift[~seen].max(initial=0.0)))
+                  float(shift[seen].mean()), float(rest_shift.max(initial=0.0)),
+                  float(rest_shift.min()) if len(rest_shift) else 0.0,
+                  float(rest_ratio.max()) if len(rest_ratio) else 1.0)
         episode.runs[name] = run
         if name.startswith("lr ") and run.val > best:
             best, episode.chosen = run.val, name

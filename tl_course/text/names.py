@@ -4,7 +4,8 @@ is that the group or something else the names differ in (here: how often they oc
 A model trained on sentiment words never sees a name, yet scores every name. The raw gap
 between two name lists compares names that also differ in corpus frequency (GloVe's rank).
 Two controls: compare only names in one frequency band, and regress the score on group and
-log rank together. Claim only what survives them.
+log rank together. Claim only what survives them, with its uncertainty: the names are a
+sample, so the intervals resample the names (bootstrap), within each list.
 """
 
 from __future__ import annotations
@@ -95,3 +96,49 @@ def group_rank_regression(scores: np.ndarray, in_group_a: np.ndarray,
     coef, se = ols(scores, x)
     return Regression(float(coef[0]), float(coef[1]), float(se[1]), float(coef[2]),
                       float(se[2]), len(scores))
+
+
+def _percentile_interval(values: np.ndarray, level: float) -> tuple[float, float]:
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(values, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
+def bootstrap_gap_interval(scores_a: np.ndarray, scores_b: np.ndarray, n_boot: int = 2_000,
+                           level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile interval of the gap in mean score when each group's names are resampled
+    with replacement (which names were chosen is the uncertainty)."""
+    a, b = np.asarray(scores_a, float), np.asarray(scores_b, float)
+    rng = np.random.default_rng(seed)
+    gaps = (a[rng.integers(0, len(a), (n_boot, len(a)))].mean(1)
+            - b[rng.integers(0, len(b), (n_boot, len(b)))].mean(1))
+    return _percentile_interval(gaps, level)
+
+
+def bootstrap_group_interval(scores: np.ndarray, in_group_a: np.ndarray, ranks: np.ndarray,
+                             n_boot: int = 2_000, level: float = 0.95,
+                             seed: int = 0) -> tuple[float, float]:
+    """Percentile interval of `group_rank_regression`'s group coefficient when the names
+    are resampled with replacement within each group (both groups keep their size)."""
+    y = np.asarray(scores, float)
+    g = np.asarray(in_group_a, bool)
+    x = np.column_stack([np.ones(len(y)), g.astype(float), np.log(np.asarray(ranks, float))])
+    ia, ib = np.flatnonzero(g), np.flatnonzero(~g)
+    rng = np.random.default_rng(seed)
+    rows = np.concatenate([ia[rng.integers(0, len(ia), (n_boot, len(ia)))],
+                           ib[rng.integers(0, len(ib), (n_boot, len(ib)))]], axis=1)
+    xb, yb = x[rows], y[rows]  # (n_boot, n, 3), (n_boot, n)
+    xtx = np.einsum("bni,bnj->bij", xb, xb)
+    xty = np.einsum("bni,bn->bi", xb, yb)
+    ok = np.linalg.matrix_rank(xtx) == x.shape[1]  # a resample with one rank only is dropped
+    coef = np.linalg.solve(xtx[ok], xty[ok][..., None])[..., 0]
+    return _percentile_interval(coef[:, 1], level)
+
+
+def frequency_part(reg: Regression, in_group_a: np.ndarray, ranks: np.ndarray) -> float:
+    """The part of the raw gap the regression puts on frequency: the log-rank coefficient
+    times (mean log rank of group a - mean log rank of group b). With the intercept in the
+    model, raw gap = group coefficient + this, exactly (least-squares residuals average zero
+    within each group)."""
+    g, lr = np.asarray(in_group_a, bool), np.log(np.asarray(ranks, float))
+    return float(reg.log_rank * (lr[g].mean() - lr[~g].mean()))

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .splits import WordSplit, k_per_class
+from .splits import WordSplit, has_relative, k_per_class
 
 # Inverse regularisation strengths tried on the validation words, for every method.
 C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
@@ -137,3 +137,40 @@ def mean_interval(values: Sequence[float]) -> tuple[float, float]:
     v = np.asarray(values, dtype=float)
     half = 1.96 * v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else 0.0
     return float(v.mean()), float(half)
+
+
+@dataclass
+class LeakBreakdown:
+    """Means over episodes: the share of test words with a relative (same family) among the
+    training words, and per method the test balanced accuracy on all test words, on those
+    with a relative, and on the rest."""
+
+    share_with_relative: float
+    scores: dict[str, tuple[float, float, float]]  # name -> (all, with a relative, rest)
+
+
+Predictor = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+def leak_by_relatives(predictors: Mapping[str, Predictor], labels: np.ndarray,
+                      families: Sequence[str], split: WordSplit, k: int, episodes: int,
+                      seed: int = 0) -> LeakBreakdown:
+    """Where a split's leak comes from: each episode draws k training words per class (the
+    same words as `label_efficiency` at this seed), each `predictors[name](train, val, test)`
+    returns predicted labels for the test words, scored on the test words with a relative
+    among the training words and on the rest."""
+    labels = np.asarray(labels)
+    shares, rows = [], {name: [] for name in predictors}
+    for e in range(episodes):
+        train = k_per_class(labels, split.train, k, seed=episode_seed(seed, k, e))
+        rel = has_relative(families, train, split.test)
+        truth = labels[split.test]
+        shares.append(rel.mean())
+        for name, predict in predictors.items():
+            pred = np.asarray(predict(train, split.val, split.test))
+            parts = [balanced_accuracy(truth[m], pred[m]) if m.any() else float("nan")
+                     for m in (np.ones_like(rel), rel, ~rel)]
+            rows[name].append(parts)
+    scores = {name: tuple(float(v) for v in np.nanmean(np.array(r, float), axis=0))
+              for name, r in rows.items()}
+    return LeakBreakdown(float(np.mean(shares)), scores)

@@ -7,8 +7,10 @@ plus the intercept:
     logit = b + w . ((mean_i x_i - mu) / s) = b + sum_i w . ((x_i - mu) / s) / n
 
 Words missing from the vocabulary get no vector: they are listed, marked out-of-vocabulary,
-and left out of the mean (not silently dropped). Negation, word order and sarcasm are
-invisible to an average: try "not good".
+and left out of the mean (not silently dropped). Contractions are split the way GloVe's
+corpus was tokenised ("don't" -> "do" + "n't", "it's" -> "it" + "'s"), so "n't" is a word
+with a vector of its own. Word order and sarcasm are invisible to an average, and so is
+which word a negation applies to: try "not good".
 """
 
 from __future__ import annotations
@@ -21,11 +23,24 @@ from typing import Any
 from .loaders import WordVectors
 
 TOKEN_RE = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+# The clitics GloVe's tokeniser (Stanford's, Penn Treebank style) splits off as tokens.
+CLITICS = ("n't", "'s", "'re", "'ll", "'ve", "'d", "'m")
+
+
+def split_clitic(token: str) -> list[str]:
+    """"don't" -> ["do", "n't"], "it's" -> ["it", "'s"], "can't" -> ["ca", "n't"] (as in
+    GloVe's vocabulary); a token without one of `CLITICS` at its end stays whole."""
+    for clitic in CLITICS:
+        if token.endswith(clitic) and len(token) > len(clitic):
+            return [token[: -len(clitic)], clitic]
+    return [token]
 
 
 def tokenize(sentence: str) -> list[str]:
-    """Lower-case words (GloVe's vocabulary is lower-case); punctuation dropped."""
-    return TOKEN_RE.findall(sentence.lower())
+    """Lower-case words (GloVe's vocabulary is lower-case), contractions split like GloVe's
+    ("isn't" -> "is", "n't"); other punctuation dropped. Curly apostrophes count as "'"."""
+    text = sentence.lower().replace("\u2019", "'")
+    return [piece for token in TOKEN_RE.findall(text) for piece in split_clitic(token)]
 
 
 @dataclass(frozen=True)

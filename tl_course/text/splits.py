@@ -87,3 +87,10 @@ def k_per_class(labels: np.ndarray, pool: np.ndarray, k: int, seed: int = 0) -> 
             raise ValueError(f"class {c} has {len(members)} words in the pool; k = {k} is too many")
         picked.append(rng.choice(members, size=k, replace=False))
     return np.concatenate(picked)
+
+
+def has_relative(families: Sequence[str], train: np.ndarray, test: np.ndarray) -> np.ndarray:
+    """For each test word, whether a word of its family (same stem) is among the training
+    words: the leak a random split lets through (always False on a family split)."""
+    fam = np.asarray(families)
+    return np.isin(fam[np.asarray(test)], fam[np.asarray(train)])

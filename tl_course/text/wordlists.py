@@ -38,6 +38,11 @@ AFRICAN_AMERICAN_NAMES = [
     "wardell", "nichelle", "shereen", "ebony", "latisha", "shaniqua", "jasmine", "tanisha",
     "tia", "lakisha", "latoya", "yolanda", "malika", "yvette",
 ]
+# Gender of the 64 names above: Greenwald et al. list the male names of each list first.
+# Used to check whether the male / female WEAT is frequency: in WEAT 6's lists every male
+# name is more frequent in GloVe's corpus than every female name, in these 64 they overlap.
+EUROPEAN_AMERICAN_MALE = EUROPEAN_AMERICAN_NAMES[:17]  # adam ... peter
+AFRICAN_AMERICAN_MALE = AFRICAN_AMERICAN_NAMES[:19]  # alonzo ... wardell
 # Left out of Caliskan et al.'s replication (see above); not used in the tests here.
 EUROPEAN_AMERICAN_LEFT_OUT = [
     "chip", "ian", "fred", "jed", "todd", "brandon", "hank", "wilbur", "sara", "amber",
