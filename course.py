@@ -156,7 +156,9 @@ def main(argv: "list[str] | None" = None) -> int:
             print(f"ready: {args.venv} (open the course with: python course.py lab)")
             return 0
         return run([str(python), "-m", "jupyterlab", str(ROOT / "notebooks"), *rest])
-    python = setup(args.venv, "[dev]", constraints=args.constraints)
+    full_mutants = args.command == "mutants" and "--curated" not in rest
+    python = setup(args.venv, "[dev,mutants]" if full_mutants else "[dev]",
+                   constraints=args.constraints)
     if args.command == "test":
         browser_deps()
         # Smoke profile: seconds per notebook, offline. One thread per worker so two notebook

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -142,6 +144,8 @@ def test_adabn_bad_inputs(cpu):
         adapt_batchnorm(nn.Linear(3, 2), [torch.randn(2, 3)], cpu)
     with pytest.raises(ValueError, match="empty"):
         adapt_batchnorm(nn.BatchNorm1d(3), [], cpu)
+    with pytest.raises(TypeError, match="not an iterator"):
+        adapt_batchnorm(nn.BatchNorm1d(3), iter([torch.randn(4, 3)]), cpu)
 
 
 # ----------------------------------------------------------------- paired loader
@@ -409,3 +413,593 @@ def test_dann_coral_term_reaches_the_features_of_both_domains(cpu):
     assert x_t.grad is not None and x_t.grad.abs().sum() > 0
     with pytest.raises(TypeError, match="DANN model"):
         dann_coral_step()(GaninCNN(10), ((x_s, torch.arange(6)), x_t), ctx)
+
+
+# ----------------------------------------------------------------- defects (issue 17, part 3)
+
+
+def test_an_inplace_op_after_the_reversal_layer_works():
+    """A discriminator may start with an in-place ReLU: the layer must return a new tensor."""
+    x = torch.randn(6, 5, requires_grad=True)
+    kept = x.detach().clone()
+    y = nn.functional.relu(grad_reverse(x, 0.5), inplace=True)
+    y.sum().backward()
+    assert torch.equal(x.detach(), kept)  # the input is not modified in place
+    assert torch.equal(x.grad, -0.5 * (kept > 0).float())
+    disc = nn.Sequential(GradientReversal(2.0), nn.ReLU(inplace=True), nn.Linear(5, 1))
+    z = torch.randn(6, 5, requires_grad=True)
+    disc(z).sum().backward()
+    expected = -2.0 * (z.detach() > 0).float() * disc[2].weight.detach()
+    assert torch.allclose(z.grad, expected)
+
+
+def _bn_net() -> nn.Sequential:
+    """conv-BN-ReLU twice, then a BatchNorm1d on a linear layer: three layers to adapt."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 5, 3),
+        nn.BatchNorm2d(5), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+        nn.Linear(20, 6), nn.BatchNorm1d(6))
+
+
+def _class_shifted_target(n_per_class: int = 12, classes: int = 4) -> TensorDataset:
+    """Images whose brightness depends on the class: a class-sorted loader's batches differ."""
+    gen = torch.Generator().manual_seed(3)
+    y = torch.arange(classes).repeat_interleave(n_per_class)  # sorted by class
+    x = torch.rand(len(y), 3, 10, 10, generator=gen) * 0.5 + y.view(-1, 1, 1, 1) * 0.7
+    return TensorDataset(x, y)
+
+
+def _exact_target_stats(model: nn.Sequential, x: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+    """Li et al.'s AdaBN, written out: each BatchNorm layer's input mean and unbiased
+    variance over the whole target set, with every earlier layer already normalised by
+    the target's own statistics (float64, one full-batch pass per layer)."""
+    stats = []
+    h = x.double()
+    with torch.no_grad():
+        for m in model:
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                dims = [0] + list(range(2, h.dim()))
+                mean, var = h.mean(dim=dims), h.var(dim=dims, unbiased=True)
+                stats.append((mean, var))
+                shape = [1, -1] + [1] * (h.dim() - 2)
+                h = (h - mean.view(shape)) / torch.sqrt(var.view(shape) + m.eps)
+                h = h * m.weight.double().view(shape) + m.bias.double().view(shape)
+            else:
+                h = m.double()(h)
+                m.float()
+    return stats
+
+
+def _source_trained(model: nn.Module) -> nn.Module:
+    """Give every BatchNorm layer source statistics far from the target's."""
+    model.train()
+    with torch.no_grad():
+        for _ in range(5):
+            model(torch.randn(16, 3, 10, 10) * 3 - 2)
+    return model.eval()
+
+
+def test_adabn_statistics_are_exact_target_statistics_layer_by_layer(cpu):
+    model = _source_trained(_bn_net())
+    target = _class_shifted_target()
+    adapt_batchnorm(model, tlc.make_loader(target, 8, cpu), cpu)
+    expected = _exact_target_stats(model, target.tensors[0])
+    layers = [m for m in model if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert len(layers) == len(expected) == 3
+    for m, (mean, var) in zip(layers, expected, strict=True):
+        assert torch.allclose(m.running_mean.double(), mean, atol=1e-5, rtol=1e-5)
+        assert torch.allclose(m.running_var.double(), var, atol=1e-5, rtol=1e-5)
+
+
+def test_adabn_does_not_depend_on_the_order_of_the_target_loader(cpu):
+    target = _class_shifted_target()
+    by_class = adapt_batchnorm(_source_trained(_bn_net()),
+                               tlc.make_loader(target, 12, cpu, shuffle=False), cpu)
+    shuffled = adapt_batchnorm(_source_trained(_bn_net()),
+                               tlc.make_loader(target, 12, cpu, shuffle=True, seed=5), cpu)
+    one_batch = adapt_batchnorm(_source_trained(_bn_net()),
+                                tlc.make_loader(target, len(target), cpu), cpu)
+    for a, b, c in zip(by_class.buffers(), shuffled.buffers(), one_batch.buffers(), strict=True):
+        if a.is_floating_point():
+            assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+            assert torch.allclose(a, c, atol=1e-6, rtol=1e-5)
+
+
+def test_adabn_gives_back_momentum_and_each_modules_mode(cpu):
+    model = _source_trained(_bn_net())
+    model[1].momentum, model[4].momentum = None, 0.3
+    model.train()
+    model[4].eval()  # a frozen BatchNorm inside a training model
+    modes = [m.training for m in model.modules()]
+    adapt_batchnorm(model, tlc.make_loader(_class_shifted_target(), 8, cpu), cpu)
+    assert [m.training for m in model.modules()] == modes
+    assert (model[1].momentum, model[4].momentum, model[9].momentum) == (None, 0.3, 0.1)
+
+
+# ----------------------------------------------------------------- defining properties (issue 17)
+
+
+def _dann_batch(n_s: int = 6, n_t: int = 5, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    x_s = torch.rand(n_s, 3, 28, 28, generator=gen)
+    x_t = torch.rand(n_t, 3, 28, 28, generator=gen) * 0.5 + 0.3
+    return (x_s, torch.arange(n_s) % 10), x_t
+
+
+def _ganin_dann(seed: int = 0) -> DANN:
+    from tl_course.adapt import GaninCNN
+
+    torch.manual_seed(seed)
+    return DANN(GaninCNN(10, batchnorm=False), hidden=16)
+
+
+def _grads(loss: torch.Tensor, params) -> list[torch.Tensor]:
+    params = list(params)
+    return [g if g is not None else torch.zeros_like(p)
+            for g, p in zip(torch.autograd.grad(loss, params, allow_unused=True,
+                                                retain_graph=True), params,
+                            strict=True)]
+
+
+def _bce_domain(logits: torch.Tensor, n_s: int) -> torch.Tensor:
+    """Ganin's domain loss written out: source = 1, target = 0, mean binary cross-entropy."""
+    labels = torch.cat([torch.ones(n_s), torch.zeros(len(logits) - n_s)])
+    p = torch.sigmoid(logits)
+    return -(labels * torch.log(p) + (1 - labels) * torch.log(1 - p)).mean()
+
+
+@pytest.mark.parametrize("coeff", [0.3, 1.0])
+def test_the_features_receive_minus_lambda_times_the_domain_gradient(coeff):
+    """Through the layer, the domain loss's gradient on the features is exactly -lambda
+    times its gradient without the layer; the discriminator's own gradient is unchanged."""
+    torch.manual_seed(0)
+    f_s, f_t = torch.randn(4, 8, requires_grad=True), torch.randn(3, 8, requires_grad=True)
+    disc = DomainDiscriminator(8, hidden=5)
+    loss, _ = domain_adversarial_loss(f_s, f_t, disc, GradientReversal(coeff))
+    got = _grads(loss, [f_s, f_t, *disc.parameters()])
+    plain = _bce_domain(disc(torch.cat([f_s, f_t])), 4)  # no reversal, written out
+    want = _grads(plain, [f_s, f_t, *disc.parameters()])
+    assert torch.allclose(loss, plain, atol=1e-6)
+    assert torch.allclose(got[0], -coeff * want[0], atol=1e-7)
+    assert torch.allclose(got[1], -coeff * want[1], atol=1e-7)
+    for g, w in zip(got[2:], want[2:], strict=True):  # the discriminator learns normally
+        assert torch.allclose(g, w, atol=1e-7)
+
+
+def test_dann_lambda_equals_the_formula_at_0_half_and_1():
+    formula = lambda p, gamma=10.0, high=1.0: high * (2 / (1 + math.exp(-gamma * p)) - 1)
+    for p in (0.0, 0.5, 1.0):
+        assert dann_lambda(p) == pytest.approx(formula(p), abs=1e-12)
+    assert dann_lambda(0.3, gamma=4.0, high=0.5) == pytest.approx(formula(0.3, 4.0, 0.5))
+    assert dann_lambda(1.0) == pytest.approx(0.9999092042625951, abs=1e-12)
+
+
+def test_dann_step_uses_the_scheduled_lambda_and_a_constant_one_without_schedule(cpu):
+    batch = _dann_batch()
+    model = _ganin_dann()
+    dann_step(1.0)(model, batch, StepContext(cpu, True, epoch=1, batch=1, batches=2, epochs=4))
+    assert model.grl.coeff == pytest.approx(dann_lambda(1.5 / 4))
+    dann_step(1.0, schedule=False)(model, batch, StepContext(cpu, True, epoch=0, epochs=4))
+    assert model.grl.coeff == 1.0
+
+
+@pytest.mark.parametrize("trade_off", [0.25, 3.0])
+def test_dann_trade_off_scales_the_domain_gradient_on_the_features(cpu, trade_off):
+    """grad(loss) = grad(CE) - trade_off * lambda * grad(domain loss) on the features, the
+    domain loss written out here (source = 1, target = 0) without any reversal."""
+    batch = _dann_batch()
+    (x_s, y_s), x_t = batch
+    ctx = StepContext(cpu, True, epoch=1, epochs=2)  # progress 0.5
+    lam = dann_lambda(0.5)
+    model = _ganin_dann()
+    feats = list(model.backbone.blocks.parameters())
+    got = _grads(dann_step(trade_off)(model, batch, ctx)["loss"], feats)
+    f = model.features(torch.cat([x_s, x_t]))
+    ce = nn.functional.cross_entropy(model.head(f[:6]), y_s)
+    domain = _bce_domain(model.discriminator(f), 6)
+    g_ce, g_dom = _grads(ce, feats), _grads(domain, feats)
+    for g, c, d in zip(got, g_ce, g_dom, strict=True):
+        assert torch.allclose(g, c - trade_off * lam * d, atol=1e-6, rtol=1e-4)
+    assert sum(float(d.abs().sum()) for d in g_dom) > 0  # the check is not vacuous
+
+
+def test_a_dann_sgd_step_moves_the_features_to_raise_the_domain_loss(cpu):
+    """Plain SGD, discriminator frozen for the check: the update with the domain term minus
+    the update without it has a positive inner product with grad(domain loss)."""
+    import copy
+
+    batch = _dann_batch()
+    ctx = StepContext(cpu, True, epoch=1, epochs=2)
+    start = _ganin_dann()
+    start.discriminator.requires_grad_(False)
+
+    def updated(trade_off: float) -> list[torch.Tensor]:
+        model = copy.deepcopy(start)
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+        opt.zero_grad()
+        dann_step(trade_off)(model, batch, ctx)["loss"].backward()
+        opt.step()
+        return [p.detach().clone() for p in model.backbone.blocks.parameters()]
+
+    with_domain, without = updated(1.0), updated(0.0)
+    (x_s, _), x_t = batch
+    feats = list(start.backbone.blocks.parameters())
+    domain = _bce_domain(start.discriminator(start.features(torch.cat([x_s, x_t]))), 6)
+    g_dom = _grads(domain, feats)
+    inner = sum(float(((a - b) * g).sum())
+                for a, b, g in zip(with_domain, without, g_dom, strict=True))
+    assert inner > 0
+    # Exactly: delta = +lr * lambda * grad(domain loss).
+    for a, b, g in zip(with_domain, without, g_dom, strict=True):
+        assert torch.allclose(a - b, 0.1 * dann_lambda(0.5) * g, atol=1e-6)
+
+
+def test_the_discriminator_labels_source_1_and_target_0():
+    disc = nn.Linear(2, 1)
+    with torch.no_grad():
+        disc.weight.copy_(torch.tensor([[2.0, 0.0]]))
+        disc.bias.zero_()
+    wrapped = lambda f: disc(f).squeeze(1)
+    f_s = torch.tensor([[1.0, 0.0], [2.0, 1.0]])  # logits +2, +4: "source"
+    f_t = torch.tensor([[-1.0, 0.0], [-3.0, 2.0], [0.5, 0.0]])  # -2, -6, +1
+    loss, acc = domain_adversarial_loss(f_s, f_t, wrapped, GradientReversal(1.0))
+    assert acc.item() == pytest.approx(4 / 5)
+    assert loss.item() == pytest.approx(
+        _bce_domain(torch.tensor([2.0, 4.0, -2.0, -6.0, 1.0]), 2).item(), rel=1e-6)
+
+
+def test_coral_by_hand_on_a_two_by_two_example():
+    """Sources along x, targets along y: C_s = diag(2, 0), C_t = diag(0, 2) (n - 1 = 1),
+    ||C_s - C_t||_F^2 = 8, d = 2: 8 / (4 * 4) = 0.5."""
+    f_s = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
+    f_t = torch.tensor([[5.0, 1.0], [5.0, -1.0]])  # shifted: CORAL ignores the means
+    assert coral_loss(f_s, f_t).item() == pytest.approx(0.5, abs=1e-7)
+    assert coral_loss(f_s * 2, f_s).item() == pytest.approx((6**2) / 16, abs=1e-6)
+
+
+def _coral_by_hand(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
+    def cov(f):
+        c = f - f.mean(0)
+        return c.T @ c / (len(f) - 1)
+
+    d = f_s.shape[1]
+    return ((cov(f_s) - cov(f_t)) ** 2).sum() / (4 * d * d)
+
+
+@pytest.mark.parametrize("trade_off", [0.5, 40.0])
+def test_coral_step_is_ce_plus_trade_off_coral_on_the_features_in_value_and_gradient(
+        cpu, trade_off, monkeypatch):
+    import tl_course.adapt.coral as coral_module
+
+    torch.manual_seed(0)
+    model = tlc.models.DigitCNN(width=4, in_channels=3).train()
+    (x_s, y_s), x_t = _dann_batch()
+    seen = []
+    real = coral_module.coral_loss
+    monkeypatch.setattr(coral_module, "coral_loss",
+                        lambda a, b: seen.append((a.shape, b.shape)) or real(a, b))
+    out = coral_step(trade_off)(model, ((x_s, y_s), x_t), StepContext(cpu, True))
+    # The layer the course documents: the features, (n, feature_dim) for each domain.
+    assert seen == [((6, model.feature_dim), (5, model.feature_dim))]
+    params = [p for p in model.parameters()]
+    got = _grads(out["loss"], params)
+    f = model.features(torch.cat([x_s, x_t]))  # one pass: BatchNorm sees both domains
+    ce = nn.functional.cross_entropy(model.head(f[:6]), y_s)
+    coral = _coral_by_hand(f[:6], f[6:])
+    assert out["coral"].item() == pytest.approx(coral.item(), rel=1e-4)
+    assert out["loss"].item() == pytest.approx((ce + trade_off * coral).item(), rel=1e-5)
+    want = _grads(ce + trade_off * coral, params)
+    for g, w in zip(got, want, strict=True):
+        assert torch.allclose(g, w, atol=1e-6, rtol=1e-4)
+    # The CORAL term reaches the feature extractor (not only a detached copy of it).
+    g_coral = _grads(coral, list(model.blocks.parameters()))
+    assert sum(float(g.abs().sum()) for g in g_coral) > 0
+
+
+def test_adabn_resets_a_batchnorm_layer_the_forward_pass_never_reaches(cpu):
+    class WithSpare(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net, self.unused = _source_trained(_bn_net()), nn.BatchNorm1d(3)
+
+        def forward(self, x):
+            return self.net(x)
+
+    model = WithSpare()
+    model.unused.running_mean.fill_(7.0)
+    model.unused.running_var.fill_(9.0)
+    adapt_batchnorm(model, tlc.make_loader(_class_shifted_target(), 8, cpu), cpu)
+    assert torch.equal(model.unused.running_mean, torch.zeros(3))
+    assert torch.equal(model.unused.running_var, torch.ones(3))
+
+
+def test_adabn_on_the_course_network_equals_exact_statistics(cpu):
+    """GaninCNN with input BatchNorm, conv and FC BatchNorm layers, as notebook 04 runs it."""
+    from tl_course.adapt import GaninCNN
+
+    torch.manual_seed(0)
+    model = _source_trained_ganin(GaninCNN(10, batchnorm=True, normalize="batch"))
+    target = _rgb_digits(40, 4, shift=0.3)
+    adapt_batchnorm(model, tlc.make_loader(target, 16, cpu), cpu)
+    x = target.tensors[0].double()
+    m = model.double()
+    layers = []
+    with torch.no_grad():
+        def bn(layer, h):
+            dims = [0] + list(range(2, h.dim()))
+            mean, var = h.mean(dim=dims), h.var(dim=dims, unbiased=True)
+            layers.append((layer, mean, var))
+            shape = [1, -1] + [1] * (h.dim() - 2)
+            return ((h - mean.view(shape)) / torch.sqrt(var.view(shape) + layer.eps)
+                    * layer.weight.view(shape) + layer.bias.view(shape))
+
+        h = bn(m.blocks["input_bn"], x)
+        for name in ("block1", "block2"):
+            conv, norm, relu, pool = m.blocks[name]
+            h = pool(relu(bn(norm, conv(h))))
+        h = m.pool(h)
+        lin1, bn1, relu1, lin2, bn2, relu2, _ = m.head
+        h = relu1(bn(bn1, lin1(h)))
+        relu2(bn(bn2, lin2(h)))
+    assert len(layers) == 5
+    for layer, mean, var in layers:
+        assert torch.allclose(layer.running_mean, mean, atol=1e-5, rtol=1e-5)
+        assert torch.allclose(layer.running_var, var, atol=1e-5, rtol=1e-5)
+
+
+def _source_trained_ganin(model: nn.Module) -> nn.Module:
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.rand(16, 3, 28, 28) * 0.2)
+    return model.eval()
+
+
+def test_domain_features_are_taken_in_eval_mode_and_the_mode_comes_back(cpu):
+    from tl_course.adapt import domain_features
+
+    torch.manual_seed(0)
+    model = tlc.models.DigitCNN(width=4, in_channels=3, dropout=0.5).train()
+    x = torch.rand(10, 3, 28, 28)
+    before = [b.clone() for b in model.buffers()]
+    got = domain_features(model, x, cpu, batch_size=4)
+    assert model.training
+    assert all(torch.equal(a, b) for a, b in zip(before, model.buffers(), strict=True))
+    with torch.no_grad():
+        want = model.eval().features(x)
+    assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_dann_coral_step_weights_each_term_in_the_gradient(cpu):
+    """d loss / d features = grad CE - w_d * lambda * grad domain + w_c * grad CORAL."""
+    from tl_course.adapt import dann_coral_step
+
+    batch = _dann_batch()
+    (x_s, y_s), x_t = batch
+    ctx = StepContext(cpu, True, epoch=1, epochs=2)
+    model = _ganin_dann()
+    feats = list(model.backbone.blocks.parameters())
+    got = _grads(dann_coral_step(0.7, 50.0)(model, batch, ctx)["loss"], feats)
+    f = model.features(torch.cat([x_s, x_t]))
+    ce = nn.functional.cross_entropy(model.head(f[:6]), y_s)
+    parts = [_grads(t, feats) for t in (ce, _bce_domain(model.discriminator(f), 6),
+                                         _coral_by_hand(f[:6], f[6:]))]
+    lam = dann_lambda(0.5)
+    for g, c, d, k in zip(got, *parts, strict=True):
+        assert torch.allclose(g, c - 0.7 * lam * d + 50.0 * k, atol=1e-6, rtol=1e-4)
+
+
+# ----------------------------------------------------------------- recipes: run_method end to end
+
+
+@pytest.fixture(scope="module")
+def tiny_pair():
+    from tl_course.data import DigitsData
+    from tl_course.domains import DomainPair
+
+    def digits(n, seed, shift):
+        gen = torch.Generator().manual_seed(seed)
+        y = torch.arange(n) % 10
+        x = torch.rand(n, 3, 28, 28, generator=gen) * 0.3 + shift
+        x[torch.arange(n), :, 2 * y + 4, 4:24] += 0.6  # a class-specific bright row
+        return TensorDataset(x.clamp(0, 1), y)
+
+    return DomainPair(DigitsData("src", digits(48, 0, 0.0), digits(20, 1, 0.0), "made up"),
+                      DigitsData("tgt", digits(40, 2, 0.3), digits(20, 3, 0.3), "made up"))
+
+
+def _tiny_recipe(method: str):
+    import dataclasses
+
+    from tl_course.adapt import recipe_for
+
+    return dataclasses.replace(recipe_for(method), batch_size=16, disc_hidden=8)
+
+
+def _run(method, pair, cpu, **kw):
+    from tl_course.adapt import run_method
+
+    kw.setdefault("recipe", _tiny_recipe(method))
+    return run_method(method, pair, tlc.get_profile("smoke"), cpu, epochs=1, **kw)
+
+
+@pytest.mark.parametrize("method, keys", [
+    ("source_only", set()), ("oracle", set()), ("coral", {"train_coral"}),
+    ("dann", {"train_domain_loss"}), ("dann_coral", {"train_coral", "train_domain_loss"}),
+])
+def test_run_method_trains_each_method_with_its_own_step(tiny_pair, cpu, method, keys):
+    from tl_course.adapt import GaninCNN
+
+    result = _run(method, tiny_pair, cpu)
+    assert result.method == method and result.recipe == _tiny_recipe(method)
+    assert result.history.epochs == 1
+    adaptation = {"train_coral", "train_domain_loss"}
+    assert adaptation & set(result.history.metrics) == keys
+    assert isinstance(result.model, DANN) == method.startswith("dann")
+    backbone = result.model.backbone if method.startswith("dann") else result.model
+    assert isinstance(backbone, GaninCNN)
+    target_test = tlc.make_loader(tiny_pair.target.test, 7, cpu)
+    source_test = tlc.make_loader(tiny_pair.source.test, 7, cpu)
+    assert result.target_acc == pytest.approx(tlc.accuracy(result.model, target_test, cpu))
+    assert result.source_acc == pytest.approx(tlc.accuracy(result.model, source_test, cpu))
+
+
+def test_run_method_trade_off_replaces_the_methods_main_weight(tiny_pair, cpu):
+    for method, term in (("coral", "train_coral"), ("dann", "train_domain_loss")):
+        off = _run(method, tiny_pair, cpu, trade_off=0.0).history
+        assert off["train_loss"][0] == pytest.approx(off["train_cls_loss"][0], rel=1e-5)
+        on = _run(method, tiny_pair, cpu, trade_off=2.0).history
+        assert on["train_loss"][0] == pytest.approx(
+            on["train_cls_loss"][0] + 2.0 * on[term][0], rel=1e-4)
+        assert on["train_loss"][0] != pytest.approx(on["train_cls_loss"][0], rel=1e-5)
+
+
+def test_run_method_is_seeded(tiny_pair, cpu):
+    a = _run("source_only", tiny_pair, cpu, seed=3).model.state_dict()
+    b = _run("source_only", tiny_pair, cpu, seed=3).model.state_dict()
+    c = _run("source_only", tiny_pair, cpu, seed=4).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+def test_run_method_adabn_adapts_a_copy_of_the_batchnorm_source_model(tiny_pair, cpu):
+    from tl_course.adapt import batchnorm_layers
+
+    base = _run("bn_source_only", tiny_pair, cpu)
+    assert batchnorm_layers(base.model)
+    before = {k: v.clone() for k, v in base.model.state_dict().items()}
+    result = _run("adabn", tiny_pair, cpu, source_only=base.model)
+    assert result.history is None
+    assert all(torch.equal(before[k], v) for k, v in base.model.state_dict().items())
+    import copy
+
+    want = adapt_batchnorm(copy.deepcopy(base.model),
+                           tlc.make_loader(tiny_pair.target.train, 13, cpu), cpu)
+    got = result.model.state_dict()
+    for k, v in want.state_dict().items():
+        if v.is_floating_point():
+            assert torch.allclose(got[k], v, atol=1e-5), k
+    trained_here = _run("adabn", tiny_pair, cpu)  # no source model given: trains one first
+    assert batchnorm_layers(trained_here.model)
+
+
+def test_recipe_loaders_pair_shuffled_full_batches_and_keep_the_test_set_whole(tiny_pair, cpu):
+    recipe = _tiny_recipe("dann")
+    paired_loader, target_test = recipe.loaders(tiny_pair, cpu, seed=0)
+    pairs = list(paired_loader)
+    assert len(pairs) == len(paired_loader) == 48 // 16
+    for (x_s, y_s), (x_t, _) in pairs:
+        assert x_s.shape[0] == x_t.shape[0] == 16 and y_s.shape == (16,)
+    labels = torch.cat([y for (_, y), _ in pairs])
+    assert labels.tolist() != tiny_pair.source.train.tensors[1][:48].tolist()  # shuffled
+    again = [y for (_, y), _ in recipe.loaders(tiny_pair, cpu, seed=0)[0]]
+    assert torch.equal(torch.cat(again), labels)
+    assert torch.equal(torch.cat([y for _, y in target_test]), tiny_pair.target.test.tensors[1])
+
+
+def test_method_result_proxy_a_distance_reads_both_domains_test_features(tiny_pair, cpu):
+    from tl_course.adapt import domain_features, proxy_a_distance
+
+    result = _run("source_only", tiny_pair, cpu)
+    f_s = domain_features(result.model, tiny_pair.source.test.tensors[0], cpu)
+    f_t = domain_features(result.model, tiny_pair.target.test.tensors[0], cpu)
+    assert result.proxy_a_distance(tiny_pair, cpu, seed=2) == pytest.approx(
+        proxy_a_distance(f_s, f_t, seed=2))
+
+
+# ----------------------------------------------------------------- AdaBN and step details
+
+
+def test_adabn_on_a_batchnorm_layer_used_twice_pools_both_inputs(cpu):
+    """One BatchNorm module applied to two inputs per forward (shared weights): its
+    statistics are those of everything it normalises, both calls together."""
+
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.bn = nn.Linear(4, 3), nn.Linear(4, 3), nn.BatchNorm1d(3)
+            self.after = nn.BatchNorm1d(3)
+
+        def forward(self, x):
+            return self.after(self.bn(self.a(x)) + self.bn(self.b(x)))
+
+    torch.manual_seed(0)
+    model = Shared()
+    x = torch.randn(12, 4) * 2 + 1
+    adapt_batchnorm(model, [x[:5], x[5:]], cpu)  # plain tensors, two batches
+    with torch.no_grad():
+        both = torch.cat([model.a(x), model.b(x)]).double()
+        mean, var = both.mean(0), both.var(0, unbiased=True)
+        h = sum((f(x).double() - mean) / torch.sqrt(var + 1e-5) * model.bn.weight.double()
+                + model.bn.bias.double() for f in (model.a, model.b))
+    assert torch.allclose(model.bn.running_mean.double(), mean, atol=1e-5)
+    assert torch.allclose(model.bn.running_var.double(), var, atol=1e-5)
+    assert torch.allclose(model.after.running_mean.double(), h.mean(0), atol=1e-5)
+    assert torch.allclose(model.after.running_var.double(), h.var(0, unbiased=True), atol=1e-5)
+    assert int(model.bn.num_batches_tracked) == 2  # the number of target batches
+
+
+def test_adabn_reads_plain_tensor_batches_like_image_label_pairs(cpu):
+    target = _class_shifted_target()
+    x = target.tensors[0]
+    pairs = adapt_batchnorm(_source_trained(_bn_net()), [(x[:20], 0), (x[20:], 0)], cpu)
+    plain = adapt_batchnorm(_source_trained(_bn_net()), [x[:20], x[20:]], cpu)
+    for a, b in zip(pairs.buffers(), plain.buffers(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_adabn_stops_each_pass_at_the_layer_it_measures(cpu):
+    """One pass per BatchNorm layer, each ending at that layer: a module after the last
+    BatchNorm runs only in the first pass, which finds the order of the layers."""
+    calls = []
+
+    class Count(nn.Module):
+        def forward(self, x):
+            calls.append(len(x))
+            return x
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 4),
+                          nn.BatchNorm1d(4), Count())
+    adapt_batchnorm(model, [torch.randn(6, 3), torch.randn(6, 3), torch.randn(6, 3)], cpu)
+    assert calls == [6]
+
+
+def test_adabn_needs_two_values_per_channel(cpu):
+    model = adapt_batchnorm(nn.BatchNorm1d(2), [torch.tensor([[1.0, 2.0], [3.0, 6.0]])], cpu)
+    assert torch.allclose(model.running_var, torch.tensor([2.0, 8.0]))
+    with pytest.raises(ValueError, match="at least 2 values"):
+        adapt_batchnorm(nn.BatchNorm1d(2), [torch.tensor([[1.0, 2.0]])], cpu)
+
+
+def test_steps_cap_the_schedule_at_the_end_of_training(cpu):
+    """Past the last epoch (progress > 1) the reversal strength stays at lambda(1)."""
+    from tl_course.adapt import dann_coral_step
+
+    ctx = StepContext(cpu, True, epoch=4, epochs=4, batch=1, batches=2)
+    assert ctx.progress > 1
+    for step in (dann_step(), dann_coral_step()):
+        model = _ganin_dann()
+        step(model, _dann_batch(), ctx)
+        assert model.grl.coeff == pytest.approx(dann_lambda(1.0))
+
+
+def test_dann_coral_step_defaults_and_its_own_name_in_errors(cpu):
+    from tl_course.adapt import GaninCNN, dann_coral_step
+
+    batch, ctx = _dann_batch(), StepContext(cpu, True, epoch=1, epochs=2)
+    default = dann_coral_step()(_ganin_dann(), batch, ctx)["loss"]
+    explicit = dann_coral_step(1.0, 3000.0)(_ganin_dann(), batch, ctx)["loss"]
+    assert default.item() == pytest.approx(explicit.item(), rel=1e-6)
+    with pytest.raises(TypeError, match="dann_coral_step trains a tlc.adapt.DANN model"):
+        dann_coral_step()(GaninCNN(10), batch, ctx)
+
+
+def test_paired_is_the_paired_loader():
+    from tl_course.adapt import paired
+
+    source = [(torch.full((2,), float(i)), torch.zeros(2)) for i in range(3)]
+    target = [torch.full((2,), 10.0)]
+    assert [(s[0][0].item(), t[0].item()) for s, t in paired(source, target)] == [
+        (0.0, 10.0), (1.0, 10.0), (2.0, 10.0)]
+

@@ -417,3 +417,77 @@ def test_make_loader_shuffle_follows_the_session_seed(cpu):
     seed_everything(1)
     c = _order(make_loader(ds, 8, cpu, shuffle=True))
     assert a == b and a != c and sorted(a) == list(range(40))
+
+
+# ----------------------------------------------------------------- defining properties (issue 17)
+
+
+def _labelled(n_per_class: int = 9, classes: int = 4) -> TensorDataset:
+    """Row i holds the value i, so pairing and identity of examples can be read back."""
+    y = torch.arange(classes).repeat_interleave(n_per_class)  # sorted by class
+    return TensorDataset(torch.arange(len(y)).float().unsqueeze(1), y)
+
+
+def test_per_class_subset_holds_exactly_k_per_class_chosen_at_random():
+    from tl_course.data import per_class_subset
+
+    ds = _labelled()
+    a = per_class_subset(ds, 3, seed=0)
+    x, y = a.tensors
+    assert torch.bincount(y, minlength=4).tolist() == [3, 3, 3, 3]
+    assert torch.equal(ds.tensors[1][x.squeeze(1).long()], y)  # images keep their labels
+    assert len(set(x.squeeze(1).tolist())) == 12  # no repeats
+    firsts = {float(c * 9 + i) for c in range(4) for i in range(3)}
+    draws = [set(per_class_subset(ds, 3, seed=s).tensors[0].squeeze(1).tolist())
+             for s in range(6)]
+    assert any(d != firsts for d in draws)  # not simply the first k of each class
+    assert len({frozenset(d) for d in draws}) > 3  # seeds give different subsets
+    again = per_class_subset(ds, 3, seed=0)
+    assert torch.equal(again.tensors[0], x) and torch.equal(again.tensors[1], y)
+    assert y.tolist() != sorted(y.tolist())  # classes are mixed, not in blocks
+    with pytest.raises(ValueError, match="class 0 has only 9"):
+        per_class_subset(ds, 10)
+    with pytest.raises(ValueError, match="positive"):
+        per_class_subset(ds, 0)
+
+
+def test_filter_classes_keeps_the_classes_and_relabels_them_in_the_given_order():
+    from tl_course.data import filter_classes
+
+    ds = _labelled(n_per_class=3, classes=10)
+    kept = filter_classes(ds, [7, 2, 9])
+    x, y = kept.tensors
+    original = ds.tensors[1][x.squeeze(1).long()]
+    assert sorted(set(original.tolist())) == [2, 7, 9]
+    assert len(kept) == 9
+    assert torch.equal(y, torch.tensor([{7: 0, 2: 1, 9: 2}[int(c)] for c in original]))
+    raw = filter_classes(ds, [7, 2, 9], relabel=False)
+    assert torch.equal(raw.tensors[1], ds.tensors[1][raw.tensors[0].squeeze(1).long()])
+    with pytest.raises(ValueError, match=r"classes \[11\] do not occur"):
+        filter_classes(ds, [1, 11])
+
+
+def test_split_differs_across_seeds_and_keeps_pairs():
+    ds = _numbered(40)
+    a_train, a_val = split(ds, 0.25, seed=0)
+    b_train, b_val = split(ds, 0.25, seed=1)
+    assert len(a_val) == 10 and len(a_train) == 30
+    assert set(a_val.tensors[1].tolist()) != set(b_val.tensors[1].tolist())
+    for part in (a_train, a_val):
+        assert torch.equal(part.tensors[0].squeeze(1).long(), part.tensors[1])
+
+
+def test_stratified_split_is_per_class_disjoint_and_reproducible():
+    x = torch.arange(100).float().view(-1, 1, 1, 1).expand(-1, 1, 2, 2).contiguous()
+    y = torch.arange(100) % 5
+    train, test = data._stratified_split(x, y, 0.2, seed=0)
+    assert torch.bincount(test.tensors[1], minlength=5).tolist() == [4] * 5
+    assert torch.bincount(train.tensors[1], minlength=5).tolist() == [16] * 5
+    ids = lambda ds: set(ds.tensors[0][:, 0, 0, 0].long().tolist())
+    assert not ids(train) & ids(test) and ids(train) | ids(test) == set(range(100))
+    for ds in (train, test):  # images keep their labels
+        assert torch.equal(ds.tensors[0][:, 0, 0, 0].long() % 5, ds.tensors[1])
+    again = data._stratified_split(x, y, 0.2, seed=0)[1]
+    assert torch.equal(again.tensors[0], test.tensors[0])
+    other = data._stratified_split(x, y, 0.2, seed=1)[1]
+    assert ids(other) != ids(test)

@@ -169,3 +169,34 @@ def test_cached_usps_loads_through_torchvision(data_root):
     assert x.shape == (20, 3, 28, 28) and 0 <= x.min() and x.max() <= 1
     assert sorted(set(y.tolist())) == list(range(10))
     assert x[:, :, :4].abs().max() == 0  # padded like MNIST's 20x20 box in 28x28
+
+
+# ----------------------------------------------------------------- defining properties (issue 17)
+
+
+def test_mnist_m_test_images_get_new_background_crops(data_root, monkeypatch):
+    """Test digits are blended over other crops than the training digits: were the same
+    seed used for both, image i of each would share its background exactly."""
+    _forbid_network(monkeypatch)
+    pair = load_domains("mnist_m", SMOKE, root=data_root)
+    mnist = load_digits("mnist", SMOKE, data_root)
+    _, second = halves(mnist.train, seed=0)
+    n = min(len(second), len(mnist.test))
+    blank = ((second.tensors[0][:n, 0] <= 0.5) & (mnist.test.tensors[0][:n, 0] <= 0.5))
+    train_x, test_x = pair.target.train.tensors[0][:n], pair.target.test.tensors[0][:n]
+    same = [torch.equal(train_x[i][:, blank[i]], test_x[i][:, blank[i]]) for i in range(n)]
+    assert sum(same) < 0.05 * n
+
+
+def test_load_domains_labels_each_image_with_its_own_digit(data_root, monkeypatch):
+    """Every target image is the MNIST-M blend of the digit with the same index: the
+    labels travel with the images (source: the first half, target: the second)."""
+    _forbid_network(monkeypatch)
+    pair = load_domains("mnist_m", SMOKE, root=data_root)
+    mnist = load_digits("mnist", SMOKE, data_root)
+    first, second = halves(mnist.train, seed=0)
+    assert torch.equal(pair.source.train.tensors[1], first.tensors[1])
+    want = make_mnist_m(second, seed=0, root=data_root)
+    assert torch.equal(pair.target.train.tensors[0], want.tensors[0])
+    assert torch.equal(pair.target.train.tensors[1], second.tensors[1])
+    assert torch.equal(pair.target.test.tensors[1], mnist.test.tensors[1])

@@ -256,3 +256,41 @@ def test_knn_accuracy_rejects_bad_k():
 
     with pytest.raises(ValueError, match="k must be"):
         knn_accuracy(Features(torch.zeros(4, 2), torch.zeros(4).long()), k=4)
+
+
+# ----------------------------------------------------------------- defining properties (issue 17)
+
+
+def test_features_for_probes_are_extracted_in_eval_mode_with_batchnorm(cpu):
+    """A model with BatchNorm and dropout in train mode: the features are those of the
+    eval-mode model, batch by batch alike, and the running statistics do not move."""
+    torch.manual_seed(0)
+    model = DigitCNN(num_classes=5, width=4, dropout=0.5).train()
+    x = torch.rand(10, 1, 28, 28) * 4
+    loader = DataLoader(TensorDataset(x, torch.arange(10) % 5), batch_size=3)
+    buffers = [b.clone() for b in model.buffers()]
+    feats = extract_features(model, loader, cpu)
+    assert all(torch.equal(a, b) for a, b in zip(buffers, model.buffers(), strict=True))
+    with torch.no_grad():
+        want = model.eval().features(x)
+    assert torch.allclose(feats.x, want, atol=1e-6)
+
+
+def test_linear_probe_trains_only_a_linear_head_with_weight_decay(cpu):
+    train = _separable(seed=0)
+    plain, _ = linear_probe(train, None, 3, cpu, epochs=10, lr=0.05, weight_decay=0.0)
+    decayed, _ = linear_probe(train, None, 3, cpu, epochs=10, lr=0.05, weight_decay=5.0)
+    assert decayed.weight.norm() < 0.8 * plain.weight.norm()
+    other, _ = linear_probe(train, None, 3, cpu, epochs=2, seed=4)
+    again, _ = linear_probe(train, None, 3, cpu, epochs=2, seed=3)
+    assert not torch.equal(other.weight, again.weight)  # the seed is used
+
+
+def test_linear_probe_reports_validation_on_the_given_val_set(cpu):
+    train, val = _separable(seed=0), _separable(seed=1)
+    wrong = Features(val.x, (val.y + 1) % 3)
+    head, history = linear_probe(train, wrong, 3, cpu, epochs=10, lr=0.05)
+    with torch.no_grad():
+        want = (head(wrong.x).argmax(1) == wrong.y).float().mean().item()
+    assert history.last("val_acc") == pytest.approx(want)
+    assert history.last("val_acc") < 0.1 and history.last("train_acc") > 0.9

@@ -251,3 +251,317 @@ def test_weight_shift_needs_the_same_blocks():
     b = models.create_backbone("resnet18", 5, pretrained=False)
     with pytest.raises(ValueError, match="blocks differ"):
         models.weight_shift(a, b)
+
+
+# ----------------------------------------------------------------- defining properties (issue 17)
+
+
+def _tiny_loader(n: int = 16, batch: int = 8, seed: int = 0):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    gen = torch.Generator().manual_seed(seed)
+    ds = TensorDataset(torch.rand(n, 1, 28, 28, generator=gen) * 3, torch.arange(n) % 10)
+    return DataLoader(ds, batch_size=batch)
+
+
+def _snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _identical(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("how", ["freeze_body", "unfreeze_from"])
+def test_frozen_blocks_are_bit_identical_after_fit_buffers_included(how, cpu):
+    from tl_course.train import fit
+
+    torch.manual_seed(0)
+    model = DigitCNN(width=4)
+    if how == "freeze_body":
+        freeze_body(model)  # bn="frozen"
+        frozen, trained = ["block1", "block2"], []
+    else:
+        unfreeze_from(model, "block2")
+        frozen, trained = ["block1"], ["block2"]
+    before = {n: _snapshot(model.blocks[n]) for n in model.block_names}
+    head_before = _snapshot(model.head)
+    fit(model, _tiny_loader(), epochs=2, device=cpu, lr=1e-2, weight_decay=0.1,
+        progress=False)
+    for name in frozen:  # parameters, running statistics and batch counters
+        assert _identical(before[name], _snapshot(model.blocks[name])), name
+    for name in trained:
+        assert not _identical(before[name], _snapshot(model.blocks[name])), name
+    assert not _identical(head_before, _snapshot(model.head))
+
+
+def test_bn_train_lets_a_frozen_blocks_statistics_follow_the_data_but_not_its_weights(cpu):
+    from tl_course.train import fit
+
+    torch.manual_seed(0)
+    model = set_trainable(DigitCNN(width=4), ["block2"], bn="train")
+    block1 = model.blocks["block1"]
+    weights = {k: v.clone() for k, v in block1.named_parameters()}
+    stats = block1[1].running_mean.clone()
+    fit(model, _tiny_loader(), epochs=1, device=cpu, lr=1e-2, progress=False)
+    assert all(torch.equal(weights[k], v) for k, v in block1.named_parameters())
+    assert not torch.equal(stats, block1[1].running_mean)
+
+
+@pytest.mark.parametrize("decay", [0.3, 0.5, 1.0])
+def test_param_groups_fall_by_decay_per_block_from_the_head_down(decay):
+    model = unfreeze_all(create_backbone("resnet18", 4, pretrained=False))
+    lr = 0.02
+    groups = param_groups(model, lr=lr, decay=decay)
+    names = ["head", *reversed(model.block_names)]
+    assert [g["name"] for g in groups] == names
+    for depth, (group, name) in enumerate(zip(groups, names, strict=True)):
+        assert group["lr"] == pytest.approx(lr * decay**depth)
+        owner = model.head if name == "head" else model.blocks[name]
+        assert [id(p) for p in group["params"]] == [id(p) for p in owner.parameters()]
+
+
+def test_param_groups_train_each_block_at_its_own_rate():
+    """One SGD step with the groups: every parameter moves by -its group's lr x its grad."""
+    torch.manual_seed(0)
+    model = unfreeze_all(DigitCNN(width=4))
+    groups = param_groups(model, lr=0.1, decay=0.25)
+    opt = torch.optim.SGD(groups)
+    before = {id(p): p.detach().clone() for p in model.parameters()}
+    model(torch.rand(4, 1, 28, 28)).sum().backward()
+    grads = {id(p): p.grad.clone() for p in model.parameters()}
+    opt.step()
+    rates = {"head": 0.1, "block2": 0.025, "block1": 0.00625}
+    for name, rate in rates.items():
+        owner = model.head if name == "head" else model.blocks[name]
+        for p in owner.parameters():
+            assert torch.allclose(p.detach(), before[id(p)] - rate * grads[id(p)], atol=1e-7)
+
+
+def test_set_trainable_freezes_exactly_the_others_and_keeps_the_mode():
+    model = DigitCNN(width=4).eval()
+    set_trainable(model, ["block1"], head=True, bn="frozen")
+    assert not model.training  # the model's own mode is not switched
+    assert _trainable(model.blocks["block1"]) == {True}
+    assert _trainable(model.blocks["block2"]) == {False}
+    assert model.frozen_bn == {"block2"}
+    model.train()
+    assert _bn_modes(model.blocks["block1"]) == {True}
+    assert _bn_modes(model.blocks["block2"]) == {False}
+
+
+def test_reset_head_is_a_fresh_trainable_linear_layer_of_the_right_size():
+    torch.manual_seed(0)
+    model = freeze_body(DigitCNN(width=4, dropout=0.3))
+    old = model.head[-1].weight.detach().clone()
+    model.reset_head(3)
+    assert model.head[-1].in_features == model.feature_dim
+    assert model.head[-1].out_features == 3
+    assert isinstance(model.head[0], nn.Dropout) and model.head[0].p == 0.3
+    assert _trainable(model.head) == {True}
+    assert old.shape != model.head[-1].weight.shape
+
+
+# ----------------------------------------------------------------- architecture and weights
+
+
+def test_conv_block_and_digit_cnn_are_the_documented_networks():
+    block = conv_block(3, 8)
+    kinds = [type(m) for m in block]
+    assert kinds == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.Conv2d, nn.BatchNorm2d, nn.ReLU,
+                     nn.MaxPool2d]
+    convs = [m for m in block if isinstance(m, nn.Conv2d)]
+    assert all(c.kernel_size == (3, 3) and c.padding == (1, 1) and c.bias is None
+               for c in convs)
+    assert count_parameters(block) == 9 * 3 * 8 + 9 * 8 * 8 + 4 * 8
+    model = DigitCNN()
+    assert model.blocks["block1"][0].out_channels == 32 and model.head[-1].out_features == 10
+    assert isinstance(model.head[0], nn.Dropout) and model.head[0].p == 0.0
+    assert DigitCNN(dropout=0.25).head[0].p == 0.25
+    assert [m.p for m in MLP().net if isinstance(m, nn.Dropout)] == [0.0, 0.0]
+    assert [m.p for m in MLP(dropout=0.3).net if isinstance(m, nn.Dropout)] == [0.3, 0.3]
+
+
+def _concatenated(blocks) -> list[nn.Module]:
+    return [m for _, block in blocks for m in block]
+
+
+def test_backbone_splits_cover_every_layer_once_in_order():
+    """The named blocks are the torchvision network's own layers, each exactly once, in
+    order: a forward pass through them equals torchvision's forward."""
+    import torchvision
+
+    torch.manual_seed(0)
+    resnet = torchvision.models.resnet18(weights=None).eval()
+    blocks, dim = models._split_resnet(resnet)
+    assert [n for n, _ in blocks] == ["stem", "layer1", "layer2", "layer3", "layer4"]
+    stem = list(blocks[0][1])
+    want = [resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool]
+    assert len(stem) == 4 and all(a is b for a, b in zip(stem, want, strict=True))
+    assert dim == 512
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        h = x
+        for _, block in blocks:
+            h = block(h)
+        assert torch.allclose(resnet.fc(h.mean(dim=(2, 3))), resnet(x), atol=1e-5)
+
+    for builder, split, names, dim_want in (
+            ("mobilenet_v3_small", models._split_mobilenet_v3,
+             ["stem", "stage1", "stage2", "stage3", "stage4", "head_conv"], 576),
+            ("efficientnet_b0", models._split_efficientnet,
+             ["stem", "stage1", "stage2", "stage3", "stage4", "stage5", "head_conv"], 1280)):
+        net = getattr(torchvision.models, builder)(weights=None)
+        blocks, dim = split(net)
+        assert [n for n, _ in blocks] == names, builder
+        assert dim == dim_want
+        layers = _concatenated(blocks)
+        assert len(layers) == len(net.features)
+        assert all(a is b for a, b in zip(layers, net.features, strict=True)), builder
+
+
+def test_create_backbone_defaults_to_pretrained_weights_and_no_dropout(torch_home):
+    with pytest.raises(WeightsUnavailableError):  # pretrained=True unless told otherwise
+        create_backbone("mobilenet_v3_small", 3)
+    model = create_backbone("mobilenet_v3_small", 3, pretrained=False)
+    assert isinstance(model.head[0], nn.Dropout) and model.head[0].p == 0.0
+    assert create_backbone("resnet18", 3, pretrained=False, dropout=0.2).head[0].p == 0.2
+
+
+def test_weights_transforms_are_the_weights_own_preprocessing():
+    from torchvision.models import ResNet18_Weights
+
+    got = models.weights_transforms("resnet18")
+    want = ResNet18_Weights.IMAGENET1K_V1.transforms()
+    assert (got.crop_size, got.resize_size, got.mean, got.std) == (
+        want.crop_size, want.resize_size, want.mean, want.std)
+
+
+def test_weights_file_is_named_like_the_download(torch_home):
+    from torchvision.models import get_weight
+
+    url = get_weight(models.BACKBONES["efficientnet_b0"].weights).url
+    assert models.weights_file("efficientnet_b0").name == url.rsplit("/", 1)[-1]
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("stem", ["tf-net-b0-{p}", "resnet18-{p}", "plain"])
+def test_weights_intact_compares_the_sha256_prefix_in_the_name(tmp_path, monkeypatch, stem):
+    data = bytes(range(256)) * 9000  # a little over 2 MiB: read in several chunks
+    prefix = _sha256(data)[:8]
+    path = tmp_path / (stem.format(p=prefix) + ".pth")
+    monkeypatch.setattr(models, "weights_file", lambda name: path)
+    assert not models.weights_intact("resnet18")  # missing
+    path.write_bytes(data)
+    assert models.weights_intact("resnet18") == ("{p}" in stem)
+    path.write_bytes(data[:-1])  # truncated copy
+    assert not models.weights_intact("resnet18")
+
+
+class _FakeWeights:
+    """Stands in for a torchvision weights entry: records downloads, writes the file."""
+
+    def __init__(self, url: str, data: bytes):
+        self.url, self.data, self.calls = url, data, []
+
+    def get_state_dict(self, **kwargs):
+        from pathlib import Path
+
+        self.calls.append(kwargs)
+        target = Path(torch.hub.get_dir()) / "checkpoints" / self.url.rsplit("/", 1)[-1]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(self.data)
+        return {}
+
+
+@pytest.fixture
+def fake_weights(torch_home, monkeypatch):
+    import torchvision.models
+
+    data = b"weights" * 1000
+    fake = _FakeWeights(f"https://download.pytorch.org/models/resnet18-{_sha256(data)[:8]}.pth",
+                        data)
+    monkeypatch.setattr(torchvision.models, "get_weight", lambda name: fake)
+    return fake
+
+
+def test_fetch_weights_downloads_checked_weights_once(fake_weights, monkeypatch):
+    hosts = []
+    monkeypatch.setattr("tl_course.data.network_available",
+                        lambda host, *a, **k: hosts.append(host) or True)
+    path = models.fetch_weights("resnet18")
+    assert path == models.weights_file("resnet18") and path.read_bytes() == fake_weights.data
+    assert fake_weights.calls == [{"progress": True, "check_hash": True}]
+    assert hosts == ["download.pytorch.org"]
+    assert models.fetch_weights("resnet18") == path  # intact: no second download
+    assert len(fake_weights.calls) == 1
+
+
+def test_fetch_weights_replaces_a_damaged_copy(fake_weights, monkeypatch, capsys):
+    monkeypatch.setattr("tl_course.data.network_available", lambda *a, **k: True)
+    path = models.weights_file("resnet18")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"half a file")
+    assert models.fetch_weights("resnet18") == path
+    assert path.read_bytes() == fake_weights.data and len(fake_weights.calls) == 1
+    assert "fails its checksum" in capsys.readouterr().out
+
+
+def test_fetch_weights_offline_removes_a_damaged_copy_and_says_what_to_do(fake_weights):
+    path = models.weights_file("resnet18")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"half a file")
+    with pytest.raises(WeightsUnavailableError, match="tl-course fetch resnet18"):
+        models.fetch_weights("resnet18")
+    assert not path.exists() and fake_weights.calls == []
+
+
+def test_weight_shift_of_every_block_against_a_hand_computation():
+    import copy
+
+    torch.manual_seed(0)
+    ref = models.DigitCNN(num_classes=5, width=4)
+    moved = copy.deepcopy(ref)
+    with torch.no_grad():
+        for i, p in enumerate(moved.parameters()):
+            p.mul_(1 + 0.1 * (i % 3))
+    shift = models.weight_shift(moved, ref)
+    for name in ref.block_names:
+        a = torch.cat([p.detach().flatten() for p in moved.blocks[name].parameters()])
+        b = torch.cat([p.detach().flatten() for p in ref.blocks[name].parameters()])
+        assert shift[name] == pytest.approx(float((a - b).norm() / b.norm()), rel=1e-6)
+    assert list(shift) == ref.block_names
+
+
+def test_set_trainable_trains_the_head_unless_told_otherwise():
+    model = set_trainable(DigitCNN(width=4), ["block1"])
+    assert _trainable(model.head) == {True}
+    with pytest.raises(ValueError, match="decay"):
+        param_groups(model, lr=0.1, decay=1.5)
+
+
+def test_weight_shift_of_small_and_of_all_zero_reference_weights():
+    import copy
+    import math
+
+    torch.manual_seed(0)
+    ref = models.DigitCNN(num_classes=5, width=4)
+    with torch.no_grad():
+        for p in ref.blocks["block1"].parameters():
+            p.mul_(1e-3)  # a block whose weights have norm below 1
+        for p in ref.blocks["block2"].parameters():
+            p.zero_()  # nothing to move from
+    moved = copy.deepcopy(ref)
+    with torch.no_grad():
+        for p in moved.parameters():
+            p.add_(1e-4)
+    shift = models.weight_shift(moved, ref)
+    a = torch.cat([p.detach().flatten() for p in moved.blocks["block1"].parameters()])
+    b = torch.cat([p.detach().flatten() for p in ref.blocks["block1"].parameters()])
+    assert shift["block1"] == pytest.approx(float((a - b).norm() / b.norm()), rel=1e-5)
+    assert math.isnan(shift["block2"])

@@ -215,3 +215,106 @@ def test_pretraining_images_and_test_digits_are_disjoint():
     train = {bytes(row.numpy()) for row in (train_ds.tensors[0] * 255).byte().flatten(1)}
     test = {bytes(row.numpy()) for row in (test_ds.tensors[0] * 255).byte().flatten(1)}
     assert train and test and not train & test
+
+
+# ----------------------------------------------------------------- defining properties (issue 17)
+
+
+class _Recorder(torch.nn.Module):
+    """Records its input and embeds each image by its flattened pixels."""
+
+    def forward(self, x):
+        self.seen = x.detach().clone()
+        return x.flatten(1)
+
+
+def test_simclr_step_feeds_two_independent_views_of_each_image_to_nt_xent():
+    torch.manual_seed(0)
+    x = _digits(6)
+    model = _Recorder()
+    out = ss.SimCLRStep(ss.Views(), temperature=0.5)(model, (x,), StepContext(CPU, True))
+    views = model.seen
+    assert views.shape == (12, 1, 28, 28)
+    first, second = views[:6], views[6:]
+    assert all(not torch.equal(first[i], second[i]) for i in range(6))  # two views
+    want = reference_nt_xent(first.flatten(1), second.flatten(1), 0.5)
+    assert out["loss"].item() == pytest.approx(want, rel=1e-5)
+
+
+def test_simclr_views_of_one_image_are_closer_than_views_of_others():
+    """Row i and row i + N both come from image i (not, say, a shuffled batch)."""
+    torch.manual_seed(0)
+    x = torch.zeros(4, 1, 28, 28)
+    for i in range(4):  # four very different images: a bar in a different place each
+        x[i, 0, 4 + 5 * i:8 + 5 * i, 6:22] = 1.0
+    model = _Recorder()
+    views = ss.Views(crop=(0.9, 1.0), shift=0.02, rotate=5.0, noise=0.05)
+    ss.SimCLRStep(views)(model, (x,), StepContext(CPU, True))
+    v = model.seen.flatten(1)
+    dist = torch.cdist(v[:4], v[4:])
+    assert torch.equal(dist.argmin(1), torch.arange(4))
+
+
+def test_denoising_autoencoder_reconstructs_the_clean_image():
+    x = _digits(5)
+    step = ss.AutoEncoderStep(noise=0.3)
+    torch.manual_seed(1)
+    out = step(torch.nn.Identity(), (x,), StepContext(CPU, True))  # "reconstructs" its input
+    torch.manual_seed(1)
+    noisy = (x + 0.3 * torch.randn_like(x)).clamp(0, 1)
+    want = torch.nn.functional.mse_loss(noisy, x)
+    assert want > 0 and out["loss"].item() == pytest.approx(want.item(), rel=1e-6)
+    plain = ss.AutoEncoderStep(noise=0.0)(torch.nn.Identity(), (x,), StepContext(CPU, True))
+    assert plain["loss"].item() == 0.0
+
+
+def test_rotation_step_labels_each_image_with_its_own_quarter_turns():
+    x = _digits(8)
+    model, head = _Recorder(), torch.nn.Linear(784, 4)
+    net = torch.nn.Sequential(model, head)
+    torch.manual_seed(3)
+    out = ss.RotationStep()(net, (x,), StepContext(CPU, True))
+    torch.manual_seed(3)
+    turns = torch.randint(0, 4, (8,))
+    assert len(set(turns.tolist())) > 1
+    assert torch.equal(model.seen, ss.rotate_batch(x, turns))
+    with torch.no_grad():
+        logits = head(model.seen.flatten(1))
+    want = torch.nn.functional.cross_entropy(logits, turns)
+    assert out["loss"].item() == pytest.approx(want.item(), rel=1e-6)
+
+
+def test_train_few_gives_the_encoder_its_own_learning_rate():
+    """encoder_lr=0 freezes everything but the head in effect; the head still learns."""
+    images = _digits(20)
+    data = TensorDataset(images, torch.arange(20) % 4)
+    torch.manual_seed(0)
+    model = ss.classifier_from(ss.DigitEncoder(), 4)
+    body = {k: v.clone() for k, v in model.blocks.named_parameters()}
+    head = model.head[-1].weight.detach().clone()
+    ss.train_few(model, data, CPU, steps=3, lr=1e-2, views=None, encoder_lr=0.0)
+    assert all(torch.equal(body[k], v) for k, v in model.blocks.named_parameters())
+    assert not torch.equal(head, model.head[-1].weight)
+
+
+def test_classifier_from_copies_the_encoder_with_a_fresh_head():
+    torch.manual_seed(0)
+    encoder = ss.DigitEncoder(num_classes=5)
+    clf = ss.classifier_from(encoder, 3)
+    assert clf.head[-1].out_features == 3 and encoder.head[-1].out_features == 5
+    x = _digits(4)
+    encoder.eval()
+    clf.eval()
+    with torch.no_grad():
+        assert torch.equal(clf.features(x), encoder.features(x))
+    next(clf.blocks.parameters()).data.add_(1.0)  # a copy, not the same encoder
+    assert not torch.equal(next(clf.blocks.parameters()), next(encoder.blocks.parameters()))
+
+
+def test_episodes_differ_across_seeds_and_hold_each_class():
+    labels = torch.arange(60) % 6
+    a = ss.episode_indices(labels, 2, 3, seed=0)
+    b = ss.episode_indices(labels, 2, 3, seed=1)
+    assert any(not torch.equal(i, j) for i, j in zip(a, b, strict=True))
+    for idx in a + b:
+        assert len(set(idx.tolist())) == len(idx) == 12

@@ -343,3 +343,51 @@ def test_train_finetune_decay_sets_uniform_or_discriminative_rates(cpu, monkeypa
     transfer.train_finetune(src, data, cpu, steps=1)
     transfer.train_finetune(src, data, cpu, steps=1, decay=1.0)
     assert seen == [0.3, 1.0]
+
+
+# ----------------------------------------------------------------- defining properties (issue 17)
+
+
+def test_fine_tune_trains_the_head_alone_then_everything_at_discriminative_rates(
+        cpu, monkeypatch):
+    """fastai's fine_tune: phase 1, body frozen (BatchNorm too) and only the head trained;
+    phase 2, every block trainable, learning rates falling by `decay` per block."""
+    import tl_course.transfer as transfer
+
+    phases = []
+    real_fit = transfer.fit
+
+    def spy(model, *args, **kwargs):
+        opt = kwargs.get("optimizer")
+        phases.append({
+            "trainable": trainable_blocks(model),
+            "head": all(p.requires_grad for p in model.head.parameters()),
+            "frozen_bn": set(model.frozen_bn),
+            "lrs": None if opt is None else [(g["name"], g["lr"]) for g in opt.param_groups],
+            "lr": kwargs.get("lr"),
+        })
+        return real_fit(model, *args, **kwargs)
+
+    monkeypatch.setattr(transfer, "fit", spy)
+    torch.manual_seed(0)
+    model = DigitCNN(num_classes=5, width=4)
+    fine_tune(model, _tiny_loader(), None, cpu, epochs=1, head_epochs=1, lr=0.04, decay=0.25)
+    assert len(phases) == 2
+    head, full = phases
+    assert head["trainable"] == [] and head["head"] and head["frozen_bn"] == {"block1", "block2"}
+    assert head["lr"] == 0.04
+    assert full["trainable"] == ["block1", "block2"] and full["frozen_bn"] == set()
+    assert [n for n, _ in full["lrs"]] == ["head", "block2", "block1"]
+    assert [lr for _, lr in full["lrs"]] == pytest.approx([0.02, 0.005, 0.00125])
+
+
+def test_train_finetune_starts_from_a_fresh_head_sized_for_the_target(cpu):
+    torch.manual_seed(0)
+    source = DigitCNN(num_classes=5, width=4)
+    before = _state(source)
+    data = TensorDataset(torch.rand(12, 1, 28, 28), torch.arange(12) % 3)
+    from tl_course.transfer import train_finetune
+
+    model = train_finetune(source, data, cpu, steps=1, num_classes=3)
+    assert model.head[-1].out_features == 3
+    assert _same_state(before, _state(source))  # the source model is left as it was

@@ -5,8 +5,10 @@ reads it. Training goes through `tlc.fit` with the step that `mtl_step` builds:
 
 - ``weighting="equal"``: loss = sum_t w_t L_t with fixed weights (1 unless given);
 - ``weighting="uncertainty"``: Kendall, Gal & Cipolla (2018), learnable log-variances
-  s_t (parameters of the model), loss = sum_t exp(-s_t) L_t + s_t / 2 (their
-  classification form: 1/sigma^2 L + log sigma);
+  s_t = log sigma_t^2 (parameters of the model), loss = sum_t exp(-s_t) L_t + s_t / 2:
+  their classification form, 1/sigma^2 L + log sigma, so d loss / d s_t =
+  1/2 - exp(-s_t) L_t. (LibMTL uses the regression form L_t / (2 exp(s_t)) + s_t / 2,
+  which halves every task's weight: the two differ only by that factor on L_t);
 - ``weighting="pcgrad"``: Yu et al. (2020), gradient surgery: each task's gradient on the
   shared parameters loses its component along any other task's gradient it conflicts
   with (negative inner product); heads keep their own gradients.
@@ -212,19 +214,23 @@ def task_losses(model: MultiTaskModel, outputs: Mapping[str, torch.Tensor],
 # --------------------------------------------------------------------------- PCGrad
 
 
-def pcgrad_project(grads: Sequence[torch.Tensor], generator: torch.Generator | None = None,
-                   eps: float = 1e-12) -> list[torch.Tensor]:
-    """PCGrad's projection of flat per-task gradients.
+def pcgrad_project(grads: Sequence[torch.Tensor], generator: torch.Generator | None = None
+                   ) -> list[torch.Tensor]:
+    """PCGrad's projection of flat per-task gradients (Yu et al., 2020, Algorithm 1).
 
-    For each task i, in a random order over the other tasks j: when g_i . g_j < 0, remove
-    from g_i its component along g_j (g_i -= (g_i . g_j) / |g_j|^2 g_j). With two tasks
-    this leaves g_i' . g_j = 0 for a conflicting pair and changes nothing otherwise.
+    For each task i, in a random order over the other tasks j: when g_i' . g_j < 0, remove
+    from g_i' (task i's gradient as projected so far) its component along g_j (the other
+    task's original gradient): g_i' -= (g_i' . g_j) / |g_j|^2 g_j. With two tasks this
+    leaves g_i' . g_j = 0 for a conflicting pair and changes nothing otherwise. There is
+    no epsilon in the denominator: tiny gradients (norm 1e-7, late training without a loss
+    scaler) are projected by the exact amount, and an exactly zero g_j is never divided
+    by, since g_i' . g_j = 0 is no conflict. The results have the inputs' dtypes.
     """
     if len(grads) < 2:
         return [g.clone() for g in grads]
     originals = torch.stack([g.detach().float() for g in grads])
     projected = originals.clone()
-    norms2 = (originals * originals).sum(dim=1).clamp_min(eps)
+    norms2 = (originals * originals).sum(dim=1)
     n = len(grads)
     for i in range(n):
         order = torch.randperm(n, generator=generator).tolist()
@@ -278,7 +284,9 @@ def mtl_step(losses: Mapping[str, LossFn] | None = None, weighting: str = "equal
     """A `fit` step for a MultiTaskModel on batches of (images, {task: labels}).
 
     - losses: {task: loss_fn(logits, labels)}; default masked cross-entropy for every head.
-    - weighting: "equal", "uncertainty" (the model needs `uncertainty=True`) or "pcgrad".
+    - weighting: "equal", "uncertainty" (the model needs `uncertainty=True`; Kendall et
+      al.'s classification form exp(-s_t) L_t + s_t / 2, not LibMTL's
+      L_t / (2 exp(s_t)) + s_t / 2) or "pcgrad".
     - weights: fixed per-task weights for "equal" / "pcgrad" (default 1 each).
     - seed: the order in which PCGrad visits the other tasks (random, but repeatable).
 

@@ -20,7 +20,9 @@ class GradientReverseFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, coeff: float = 1.0) -> torch.Tensor:
         ctx.coeff = float(coeff)
-        return x.view_as(x)  # a view, so autograd records this op (x itself would be skipped)
+        # A new tensor, not x or a view of it: autograd forbids in-place ops (an in-place
+        # ReLU in a discriminator) on a view made inside a custom Function.
+        return x.clone()
 
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:

@@ -186,7 +186,10 @@ def run_method(
         if source_only is None:
             source_only = run_method("bn_source_only", pair, profile, device, seed,
                                      recipe=recipe, epochs=epochs, progress=progress).model
-        model = adapt_batchnorm(copy.deepcopy(source_only), train_loader.target, device)
+        # Every target training image once, in order: AdaBN's statistics are exact over
+        # the set (the shuffled training loader drops a different last batch each pass).
+        target_all = make_loader(pair.target.train, recipe.batch_size, device)
+        model = adapt_batchnorm(copy.deepcopy(source_only), target_all, device)
     else:
         seed_everything(seed)
         model = recipe.model()
