@@ -456,7 +456,8 @@ SURVIVED = {0, 5, 33, 35}  # survived, no tests, suspicious
 
 
 def run_mutmut(names: Sequence[str], jobs: int = 2, workdir: Path | None = None,
-               fail_under: float = FAIL_UNDER, show_diffs: bool = True) -> int:
+               fail_under: float = FAIL_UNDER, show_diffs: bool = True,
+               resume: bool = False) -> int:
     """mutmut on `names`; prints the score per module and each survivor's diff."""
     try:
         import mutmut  # noqa: F401
@@ -469,17 +470,21 @@ def run_mutmut(names: Sequence[str], jobs: int = 2, workdir: Path | None = None,
     start = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="tlc-mutmut-")) if workdir is None else workdir
     work.mkdir(parents=True, exist_ok=True)
-    for folder in ("tl_course", "tests"):
-        shutil.rmtree(work / folder, ignore_errors=True)
-        shutil.copytree(REPO / folder, work / folder,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "mutants"))
-    _write_mutmut_config(work, [f for fs in files.values() for f in fs], tests, jobs)
+    if resume and (work / "mutants").is_dir():
+        print(f"resuming the mutmut run in {work} (its copy of the code and tests)", flush=True)
+    else:
+        for folder in ("tl_course", "tests"):
+            shutil.rmtree(work / folder, ignore_errors=True)
+            shutil.copytree(REPO / folder, work / folder,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "mutants"))
+        _write_mutmut_config(work, [f for fs in files.values() for f in fs], tests, jobs)
     print(f"mutmut on {', '.join(names)} in {work} ({jobs} workers); tests: {' '.join(tests)}",
           flush=True)
     run = _mutmut(work, "run", "--max-children", str(jobs), capture=False)
-    if run.returncode != 0:
-        print(f"mutmut run failed (exit {run.returncode})", file=sys.stderr)
-        return 2
+    failed_run = run.returncode != 0
+    if failed_run:  # report what was measured; `--workdir DIR --resume` goes on from there
+        print(f"\nmutmut run stopped (exit {run.returncode}): partial results below",
+              file=sys.stderr)
     equivalents = load_equivalents()
     worst, failed = 100.0, []
     report = []
@@ -489,6 +494,7 @@ def run_mutmut(names: Sequence[str], jobs: int = 2, workdir: Path | None = None,
             meta = work / "mutants" / (f + ".meta")
             if meta.exists():
                 codes.update(json.loads(meta.read_text())["exit_code_by_key"])
+        unchecked = sum(c is None for c in codes.values())
         total = sum(c in KILLED or c in SURVIVED for c in codes.values())
         killed = sum(c in KILLED for c in codes.values())
         survivors = sorted(k for k, c in codes.items() if c in SURVIVED)
@@ -498,6 +504,8 @@ def run_mutmut(names: Sequence[str], jobs: int = 2, workdir: Path | None = None,
         cap = 100.0 * len(listed) / total if total else 0.0
         worst = min(worst, score)
         report.append((name, total, killed, listed, unlisted, score, cap))
+        if unchecked:
+            print(f"{name}: {unchecked} mutants not checked yet")
         if score < fail_under or cap > EQUIVALENT_CAP:
             failed.append(name)
     print(f"\n{'module':16s} {'mutants':>7s} {'killed':>7s} {'equiv':>6s} {'unlisted':>8s} "
@@ -516,9 +524,9 @@ def run_mutmut(names: Sequence[str], jobs: int = 2, workdir: Path | None = None,
                             if line.startswith(("-", "+")) and not line.startswith(("---", "+++"))))
     print(f"\n{time.perf_counter() - start:.0f}s; scores counted with the equivalent mutants "
           f"as survivors; goal: at least {fail_under:g}% per module")
-    if workdir is None:
+    if workdir is None and not failed_run:
         shutil.rmtree(work, ignore_errors=True)
-    return 1 if failed else 0
+    return 2 if failed_run else 1 if failed else 0
 
 
 # --------------------------------------------------------------------------- command line
@@ -543,6 +551,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="skip the run of the unmutated tests before the curated list")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="mutmut's scratch copy (kept; default a temporary folder)")
+    parser.add_argument("--resume", action="store_true",
+                        help="with --workdir: go on with an interrupted mutmut run there")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--fail-under", type=float, default=FAIL_UNDER,
                         help="exit 1 when a module's score is below this percentage")
@@ -563,7 +573,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown module(s) {', '.join(unknown)}; choose from "
                      f"{', '.join(MODULES)}")
     return run_mutmut(args.modules or DEFAULT_MODULES, args.jobs, args.workdir,
-                      args.fail_under)
+                      args.fail_under, resume=args.resume)
 
 
 if __name__ == "__main__":

@@ -1003,3 +1003,202 @@ def test_paired_is_the_paired_loader():
     assert [(s[0][0].item(), t[0].item()) for s, t in paired(source, target)] == [
         (0.0, 10.0), (1.0, 10.0), (2.0, 10.0)]
 
+
+
+def test_dann_model_and_discriminator_settings():
+    from tl_course.adapt import GaninCNN
+
+    disc = DomainDiscriminator(12)
+    assert [type(m) for m in disc] == [nn.Linear, nn.ReLU, nn.Linear]
+    model = DANN(GaninCNN(10, batchnorm=False))
+    assert model.discriminator[0].out_features == 100 and model.grl.coeff == 0.0
+    assert DANN(GaninCNN(10, batchnorm=False), hidden=16).discriminator[0].out_features == 16
+    assert GradientReversal().coeff == 1.0
+
+
+def test_domain_accuracy_counts_a_zero_logit_as_target():
+    disc = lambda f: torch.zeros(len(f))  # undecided about everything
+    _, acc = domain_adversarial_loss(torch.randn(2, 3), torch.randn(5, 3), disc,
+                                     GradientReversal(1.0))
+    assert acc.item() == pytest.approx(5 / 7)
+
+
+def test_dann_step_reports_source_accuracy_and_size_with_default_weight(cpu):
+    from tl_course.adapt import GaninCNN
+
+    batch, ctx = _dann_batch(), StepContext(cpu, True, epoch=1, epochs=2)
+    model = _ganin_dann()
+    out = dann_step()(model, batch, ctx)
+    (x_s, y_s), _ = batch
+    with torch.no_grad():
+        want = (model(x_s).argmax(1) == y_s).float().mean()
+    assert out["acc"].item() == pytest.approx(want.item()) and out["n"] == 6
+    explicit = dann_step(1.0)(_ganin_dann(), batch, ctx)["loss"]
+    assert out["loss"].item() == pytest.approx(explicit.item(), rel=1e-6)
+    with pytest.raises(TypeError, match="dann_step trains a tlc.adapt.DANN model"):
+        dann_step()(GaninCNN(10), batch, ctx)
+    source = (torch.rand(4, 3, 28, 28), torch.zeros(4, dtype=torch.long))
+    plain = nn.Sequential(nn.Flatten(), nn.Linear(3 * 28 * 28, 10))
+    assert source_only_step(plain, (source, source), ctx)["n"] == 4
+
+
+def test_run_method_wires_each_method_to_its_step_optimizer_and_epochs(tiny_pair, cpu,
+                                                                        monkeypatch):
+    import tl_course.adapt.recipes as recipes
+    from tl_course.adapt import METHODS
+
+    calls = []
+    real_fit = recipes.fit
+
+    def spy(model, loader, **kw):
+        calls.append(kw)
+        return real_fit(model, loader, **kw)
+
+    monkeypatch.setattr(recipes, "fit", spy)
+    profile = tlc.get_profile("smoke")
+    for method in METHODS:
+        calls.clear()
+        recipe = _tiny_recipe(method)
+        result = recipes.run_method(method, tiny_pair, profile, cpu, recipe=recipe)
+        kw = calls[-1]
+        assert kw["epochs"] == recipe.epochs(profile), method
+        assert kw["optimizer"] is not None and kw["progress"] is False
+        assert kw["desc"] == ("bn_source_only" if method == "adabn" else method)
+        assert (kw["scheduler"] is None) == (recipe.optimizer_name == "adam")
+        if method == "oracle":
+            assert kw["step"] is recipes.oracle_step
+        elif method in ("source_only", "bn_source_only", "coral_source_only", "adabn"):
+            assert kw["step"] is recipes.source_only_step
+        if method.startswith("dann"):
+            assert result.model.discriminator[0].out_features == recipe.disc_hidden
+
+
+def test_run_method_dann_coral_uses_both_weights_and_seed_0_by_default(tiny_pair, cpu):
+    recipe = _tiny_recipe("dann_coral")
+    h = _run("dann_coral", tiny_pair, cpu, recipe=recipe).history
+    want = (h["train_cls_loss"][0] + recipe.dann_trade_off * h["train_domain_loss"][0]
+            + recipe.coral_trade_off * h["train_coral"][0])
+    assert h["train_loss"][0] == pytest.approx(want, rel=1e-4)
+    a = _run("source_only", tiny_pair, cpu).model.state_dict()
+    b = _run("source_only", tiny_pair, cpu, seed=0).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_recipe_loaders_drop_the_last_partial_batch_and_shuffle_the_target(tiny_pair, cpu):
+    import dataclasses
+
+    recipe = dataclasses.replace(_tiny_recipe("dann"), batch_size=15)  # 48 = 3 x 15 + 3
+    paired_loader, _ = recipe.loaders(tiny_pair, cpu)
+    pairs = list(paired_loader)
+    assert len(pairs) == 3 and all(len(s[1]) == len(t[0]) == 15 for s, t in pairs)
+    targets = torch.cat([t[1] for _, t in pairs])
+    assert targets.tolist() != tiny_pair.target.train.tensors[1][:45].tolist()
+    again = torch.cat([t[1] for _, t in recipe.loaders(tiny_pair, cpu, seed=0)[0]])
+    assert torch.equal(targets, again)
+    other = torch.cat([t[1] for _, t in recipe.loaders(tiny_pair, cpu, seed=1)[0]])
+    assert not torch.equal(targets, other)
+
+
+def test_coral_step_reports_accuracy_and_size_with_weight_1_by_default(cpu):
+    torch.manual_seed(0)
+    model = tlc.models.DigitCNN(width=4, in_channels=3).eval()
+    batch = _dann_batch()
+    (x_s, y_s), _ = batch
+    out = coral_step()(model, batch, StepContext(cpu, True))
+    with torch.no_grad():
+        want = (model(x_s).argmax(1) == y_s).float().mean()
+    assert out["acc"].item() == pytest.approx(want.item()) and out["n"] == 6
+    assert out["loss"].item() == pytest.approx(
+        (out["cls_loss"] + out["coral"]).item(), rel=1e-6)
+
+
+def test_coral_loss_refuses_one_bad_input_of_two():
+    with pytest.raises(ValueError, match="2-D"):
+        coral_loss(torch.randn(8, 4), torch.randn(8, 4, 2))
+    with pytest.raises(ValueError, match="at least 2"):
+        coral_loss(torch.randn(8, 4), torch.randn(1, 4))
+
+
+def test_recipes_are_the_documented_settings():
+    from tl_course.adapt import GaninCNN, Recipe, recipe_for
+
+    assert recipe_for("dann") == Recipe() == recipe_for("source_only")
+    coral = recipe_for("coral")
+    assert (coral.optimizer_name, coral.lr, coral.epoch_factor) == ("adam", 1e-3, 2.0)
+    assert recipe_for("dann_coral") == Recipe(coral_trade_off=3000.0)
+    for method in ("adabn", "dann"):
+        recipe = recipe_for(method)
+        model = recipe.model()
+        assert isinstance(model, GaninCNN) and model.head[-1].out_features == 10
+        kinds = {type(m) for m in model.modules()}
+        assert (nn.BatchNorm1d in kinds) == recipe.batchnorm
+        assert ("input_bn" in model.blocks) == (recipe.normalize == "batch")
+        assert model(torch.rand(2, 3, 28, 28)).shape == (2, 10)
+    sgd, _ = Recipe().optimizer(Recipe().model(), 4)
+    assert sgd.param_groups[0]["momentum"] == 0.9 and sgd.param_groups[0]["lr"] == 0.01
+    adam, _ = coral.optimizer(coral.model(), 4)
+    assert adam.param_groups[0]["lr"] == 1e-3
+
+
+def test_ganin_cnn_defaults_and_per_image_standardisation():
+    from tl_course.adapt import GaninCNN, Standardize
+
+    model = GaninCNN()
+    assert model.head[-1].out_features == 10 and model.blocks["block1"][0].in_channels == 3
+    assert "standardize" in model.blocks
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert [m.out_features for m in model.head if isinstance(m, nn.Linear)] == [100, 100, 10]
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 4, 4, generator=gen)
+    x[:, 1] += 5.0  # channels far apart: per image, not per channel
+    x[1] = 0.5 + 1e-5 * x[1]  # nearly constant: eps matters
+    z = Standardize()(x)
+    flat = x.flatten(1)
+    want = (flat - flat.mean(1, keepdim=True)) / (flat.std(1, keepdim=True) + 1e-5)
+    assert torch.allclose(z.flatten(1), want, atol=1e-5)
+
+
+def test_paired_loader_names_the_empty_side_and_checks_both(cpu):
+    empty = tlc.make_loader(_rgb_digits(3, 0), 8, cpu, drop_last=True)
+    with pytest.raises(ValueError, match="the source loader is empty"):
+        PairedLoader(empty, [1])
+
+    class NoLen:
+        def __iter__(self):
+            return iter([])
+
+    with pytest.raises(ValueError, match="the target loader is empty"):
+        PairedLoader(NoLen(), empty)
+
+
+def test_steps_refuse_models_and_batches_they_cannot_read(cpu):
+    class FeaturesOnly(nn.Module):
+        def features(self, x):
+            return x
+
+    with pytest.raises(TypeError, match="needs .features"):
+        coral_step()(FeaturesOnly(), _dann_batch(), StepContext(cpu, True))
+    model = tlc.models.DigitCNN(width=4, in_channels=3)
+    (x_s, y_s), x_t = _dann_batch()
+    with pytest.raises(TypeError, match="PairedLoader"):
+        coral_step()(model, ((x_s, y_s), x_t, x_t), StepContext(cpu, True))
+
+
+def test_run_method_passes_seed_epochs_and_profile_through(tiny_pair, cpu, monkeypatch):
+    import tl_course.adapt.recipes as recipes
+
+    seeds, epochs = [], []
+    real_loaders, real_fit = recipes.Recipe.loaders, recipes.fit
+    monkeypatch.setattr(recipes.Recipe, "loaders",
+                        lambda self, pair, device, seed=0: seeds.append(seed)
+                        or real_loaders(self, pair, device, seed))
+    monkeypatch.setattr(recipes, "fit", lambda model, loader, **kw: epochs.append(kw["epochs"])
+                        or real_fit(model, loader, **kw))
+    _run("adabn", tiny_pair, cpu, seed=5)  # trains its bn_source_only model first
+    assert seeds == [5, 5] and epochs == [1]
+    recipe = _tiny_recipe("source_only")
+    target_order = torch.cat([t[1] for _, t in recipe.loaders(tiny_pair, cpu, seed=2)[0]])
+    want = tlc.make_loader(tiny_pair.target.train, 16, cpu, shuffle=True, seed=3,
+                           drop_last=True)
+    first_pass = torch.cat([y for _, y in want])  # then the target cycles anew
+    assert torch.equal(target_order[:len(first_pass)], first_pass)

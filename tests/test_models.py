@@ -565,3 +565,30 @@ def test_weight_shift_of_small_and_of_all_zero_reference_weights():
     b = torch.cat([p.detach().flatten() for p in ref.blocks["block1"].parameters()])
     assert shift["block1"] == pytest.approx(float((a - b).norm() / b.norm()), rel=1e-5)
     assert math.isnan(shift["block2"])
+
+
+class _Marker:
+    """Unpickling this runs code: it creates a file (what a malicious checkpoint would do)."""
+
+    path = None
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
+def test_pretrained_loading_never_runs_pickled_code(torch_home, tmp_path):
+    marker = tmp_path / "code-ran"
+    _Marker.path = marker
+    path = weights_file("mobilenet_v3_small")
+    path.parent.mkdir(parents=True)
+    torch.save({"features.0.0.weight": _Marker()}, path)
+    with pytest.raises(WeightsUnavailableError, match="cannot be read"):
+        create_backbone("mobilenet_v3_small", 3, pretrained=True)
+    assert not marker.exists()
+
+
+def test_transfer_model_head_has_no_dropout_by_default():
+    model = models.TransferModel([("only", nn.Conv2d(1, 2, 3))],
+                                 nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()), 2, 4)
+    assert isinstance(model.head[0], nn.Dropout) and model.head[0].p == 0.0
+    assert model(torch.rand(3, 1, 8, 8)).shape == (3, 4)
