@@ -19,8 +19,8 @@ and arithmetic operators, constants, keyword arguments, removed calls, return va
 error messages and prints are left alone) in a scratch copy of the project, runs the
 tests that execute each mutated function, and prints the score per module (killed /
 all, mutants listed as equivalent counted as survivors) and every survivor's diff.
-tests/mutants/equivalent.toml lists the survivors that no test can catch because they do
-not change behaviour, each with one line why; at most 5% of a module's mutants.
+tests/mutants/equivalent/MODULE.toml lists the survivors that no test can catch because
+they do not change behaviour, each with one line why; at most 5% of a module's mutants.
 
 From course.py: `import runpy; runpy.run_path("benchmarks/mutants.py")["main"](argv)`
 returns the exit status.
@@ -49,7 +49,7 @@ else:  # pragma: no cover - the course's floor is 3.10
 
 REPO = Path(__file__).resolve().parents[1]
 CURATED = REPO / "tests" / "mutants" / "curated.toml"
-EQUIVALENT = REPO / "tests" / "mutants" / "equivalent.toml"
+EQUIVALENT = REPO / "tests" / "mutants" / "equivalent"  # one MODULE.toml per module
 FAIL_UNDER = 90.0  # per module, percent of mutants killed
 EQUIVALENT_CAP = 5.0  # per module, percent of mutants that may be listed as equivalent
 
@@ -382,16 +382,17 @@ def _module_files(names: Sequence[str]) -> dict[str, list[str]]:
     return out
 
 
-def load_equivalents(path: Path = EQUIVALENT) -> dict[str, dict[str, str]]:
-    """{mutmut mutant name: {"why": ..., "diff": ...}} from the equivalents file."""
-    if not path.exists():
-        return {}
-    data = tomllib.loads(path.read_text(encoding="utf-8"))
-    out = {}
-    for entry in data.get("equivalent", []):
-        if not entry.get("why"):
-            raise ValueError(f"{path}: {entry.get('mutant')} needs a `why`")
-        out[entry["mutant"]] = entry
+def load_equivalents(folder: Path = EQUIVALENT) -> dict[str, dict[str, str]]:
+    """{mutmut mutant name: {"mutant": ..., "why": ...}} from every file in `folder`."""
+    out: dict[str, dict[str, str]] = {}
+    for path in sorted(folder.glob("*.toml")):
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        for entry in data.get("equivalent", []):
+            if not entry.get("why"):
+                raise ValueError(f"{path}: {entry.get('mutant')} needs a `why`")
+            if entry["mutant"] in out:
+                raise ValueError(f"{path}: {entry['mutant']} is listed twice")
+            out[entry["mutant"]] = entry
     return out
 
 
@@ -416,9 +417,32 @@ def _write_mutmut_config(work: Path, files: Sequence[str], tests: Sequence[str],
     (work / "pyproject.toml").write_text("\n".join(lines), encoding="utf-8")
 
 
+# mutmut's fork-server runner hands each mutant its tests in set order; its plain fork
+# runner sorts them fastest first. With pytest's -x a killed mutant ends at its first
+# failing test, so the fast tests first make most mutants cheap: do the same here.
+_LAUNCH = """
+import sys
+from mutmut.__main__ import cli, state
+from mutmut.workers import isolation
+
+_submit = isolation.ForkServerRunner.submit
+
+
+def submit(self, mutant_name, tests, *args, **kwargs):
+    durations = state().duration_by_test
+    tests = sorted(tests, key=lambda t: (durations.get(t, 0.0), t))
+    return _submit(self, mutant_name, tests, *args, **kwargs)
+
+
+isolation.ForkServerRunner.submit = submit
+sys.argv[0] = "mutmut"
+cli()
+"""
+
+
 def _mutmut(work: Path, *args: str, capture: bool = True) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg")
-    return subprocess.run([sys.executable, "-m", "mutmut", *args], cwd=work, env=env,
+    return subprocess.run([sys.executable, "-c", _LAUNCH, *args], cwd=work, env=env,
                           capture_output=capture, text=True)
 
 
@@ -462,7 +486,7 @@ def run_mutmut(names: Sequence[str], jobs: int = 2, workdir: Path | None = None,
     try:
         import mutmut  # noqa: F401
     except ImportError:
-        print("mutmut is not installed: pip install 'mutmut>=3.3' (the dev extra)",
+        print("mutmut is not installed: pip install -e '.[mutants]' (mutmut>=3.8.1)",
               file=sys.stderr)
         return 2
     files = _module_files(names)

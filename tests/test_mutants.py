@@ -69,6 +69,23 @@ def test_equivalent_mutants_each_say_why(mutants):
         assert name.startswith("tl_course.") and entry["why"].strip()
 
 
+def test_equivalent_files_hold_their_own_module(mutants):
+    """equivalent/MODULE.toml lists mutants of MODULE's sources only."""
+    files = sorted(mutants.EQUIVALENT.glob("*.toml"))
+    assert files
+    for path in files:
+        assert path.stem in mutants.MODULES, path
+        prefixes = tuple(src.removesuffix(".py").rstrip("/").replace("/", ".")
+                         for src in mutants.MODULES[path.stem].sources)
+        for name in _names(path):
+            assert name.startswith(prefixes), (path.name, name)
+
+
+def _names(path):
+    return {line.split('"')[1] for line in path.read_text().splitlines()
+            if line.startswith("mutant = ")}
+
+
 def test_the_command_line_lists_and_rejects(mutants, capsys):
     assert mutants.main(["--list"]) == 0
     assert "grl-removed" in capsys.readouterr().out
