@@ -1,3 +1,7 @@
+import pickle
+import re
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -294,3 +298,183 @@ def test_linear_probe_reports_validation_on_the_given_val_set(cpu):
         want = (head(wrong.x).argmax(1) == wrong.y).float().mean().item()
     assert history.last("val_acc") == pytest.approx(want)
     assert history.last("val_acc") < 0.1 and history.last("train_acc") > 0.9
+
+
+# ----------------------------------------------------------------- reference reproductions
+
+
+_TAMPERED = []
+
+
+def _tampered_payload():
+    _TAMPERED.append(True)
+    return torch.zeros(2, 1)
+
+
+class _Payload:
+    """Unpickles by calling a function: what a tampered cache file could do."""
+
+    def __reduce__(self):
+        return (_tampered_payload, ())
+
+
+def test_extract_features_cache_never_runs_pickled_code(cpu, tmp_path, monkeypatch):
+    """The cache is loaded with weights_only=True whatever torch's default is: a tampered
+    cache file raises instead of running code (and the model is not run either)."""
+    # torch < 2.6 (the floor is 2.4) loads full pickles unless weights_only=True is passed.
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    _TAMPERED.clear()
+    cache = tmp_path / "feats.pt"
+    torch.save({"x": _Payload(), "y": torch.zeros(2, dtype=torch.long)}, cache)
+    model = CountingNet()
+    with pytest.raises(pickle.UnpicklingError):
+        extract_features(model, _loader(), cpu, cache=cache)
+    assert _TAMPERED == [] and model.calls == 0
+
+
+def test_extract_features_moves_the_model_to_the_device(cpu, monkeypatch):
+    """The model is put on the given device before the pass (not left where it was)."""
+    model = CountingNet()
+    real_to, seen = model.to, []
+
+    def to(*args, **kwargs):
+        seen.append(args[0] if args else kwargs.get("device"))
+        return real_to(*args, **kwargs)
+
+    monkeypatch.setattr(model, "to", to)
+    extract_features(model, _loader(), cpu)
+    assert seen and all(torch.device(d) == cpu for d in seen)
+
+
+def _probe_reference(train, num_classes, epochs=20, lr=1e-2, weight_decay=1e-4,
+                     batch_size=256, seed=0):
+    """A bare linear probe: seeded nn.Linear, AdamW, cross-entropy, seeded shuffled batches."""
+    torch.manual_seed(seed)
+    head = nn.Linear(train.x.shape[1], num_classes)
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    order = torch.Generator().manual_seed(seed)
+    loader = DataLoader(TensorDataset(train.x, train.y), batch_size=batch_size, shuffle=True,
+                        generator=order)
+    for _ in range(epochs):
+        for xb, yb in loader:
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(head(xb), yb).backward()
+            opt.step()
+    return head
+
+
+def test_linear_probe_matches_a_bare_training_loop_at_its_defaults(cpu):
+    """Defaults by behaviour: 20 epochs of AdamW(lr 1e-2, weight decay 1e-4) on shuffled
+    batches of 256 drawn with seed 0, from a head initialised under the same seed."""
+    gen = torch.Generator().manual_seed(2)
+    y = torch.arange(300) % 3
+    x = torch.randn(300, 4, generator=gen) + torch.nn.functional.one_hot(y, 4)
+    train = Features(x, y)  # more than one batch of 256, so batch size and order matter
+    head, history = linear_probe(train, None, 3, cpu)
+    want = _probe_reference(train, 3)
+    assert history.epochs == 20
+    assert torch.allclose(head.weight, want.weight, atol=1e-6)
+    assert torch.allclose(head.bias, want.bias, atol=1e-6)
+
+
+def test_linear_probe_progress_bar_is_opt_in(cpu, capsys):
+    """No progress output by default; with progress=True a bar labelled 'probe'."""
+    train = _separable(n_per_class=4)
+    capsys.readouterr()
+    linear_probe(train, None, 3, cpu, epochs=1)
+    assert capsys.readouterr().err == ""
+    linear_probe(train, None, 3, cpu, epochs=1, progress=True)
+    assert re.search(r"(^|\r)probe: ", capsys.readouterr().err)
+
+
+def _logreg_reference(train, test, c, max_iter):
+    """Standardise with the training mean and (population) std, then plain LogisticRegression."""
+    from sklearn.linear_model import LogisticRegression
+
+    xtr, xte = train.x.numpy(), test.x.numpy()
+    mean, std = xtr.mean(0), xtr.std(0)
+    model = LogisticRegression(C=c, max_iter=max_iter).fit((xtr - mean) / std, train.y.numpy())
+    return model.predict_proba((xte - mean) / std)
+
+
+def test_sklearn_probe_is_logistic_regression_on_standardised_features():
+    """C=1 by default and the given C / max_iter used, on features standardised with the
+    training statistics (the features here have very different scales)."""
+    import numpy as np
+
+    gen = torch.Generator().manual_seed(3)
+    scales = torch.tensor([1.0, 20.0, 0.05, 5.0], dtype=torch.float64)
+
+    def noisy(n):
+        y = torch.arange(n) % 3
+        x = torch.randn(n, 4, generator=gen, dtype=torch.float64) + torch.nn.functional.one_hot(
+            y, 4).double()
+        return Features(x * scales + 3.0, y)
+
+    train, test = noisy(90), noisy(30)
+    clf, acc = sklearn_probe(train, test)
+    want = _logreg_reference(train, test, c=1.0, max_iter=2000)
+    np.testing.assert_allclose(clf.predict_proba(test.x.numpy()), want, atol=1e-5)
+    assert acc == pytest.approx(float((want.argmax(1) == test.y.numpy()).mean()))
+    for c, max_iter in ((0.01, 2000), (1.0, 3)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # 3 iterations do not converge, on purpose
+            clf, _ = sklearn_probe(train, test, c=c, max_iter=max_iter)
+            want = _logreg_reference(train, test, c=c, max_iter=max_iter)
+        np.testing.assert_allclose(clf.predict_proba(test.x.numpy()), want, atol=1e-5)
+
+
+def test_knn_accuracy_defaults_to_five_neighbours():
+    """k=5 by default (checked on data where 5 and 6 neighbours give different accuracies)."""
+    from tl_course.features import knn_accuracy
+
+    gen = torch.Generator().manual_seed(0)
+    y = torch.arange(60) % 3
+    x = torch.randn(60, 5, generator=gen) + 1.5 * torch.nn.functional.one_hot(y, 5)
+    assert _knn_reference(x, y, 5) != _knn_reference(x, y, 6)
+    assert knn_accuracy(Features(x, y)) == pytest.approx(_knn_reference(x, y, 5))
+
+
+def test_knn_accuracy_centres_features_far_from_the_origin():
+    """Each feature is centred before distances are taken: features with large offsets
+    (different per feature) give the accuracy of the same features around zero."""
+    from tl_course.features import knn_accuracy
+
+    gen = torch.Generator().manual_seed(0)
+    y = torch.arange(60) % 3
+    x = torch.randn(60, 5, generator=gen, dtype=torch.float64)
+    x = x + 1.5 * torch.nn.functional.one_hot(y, 5).double()
+    offsets = 1e8 * torch.tensor([1.0, -3.0, 5.0, 2.0, -7.0], dtype=torch.float64)
+    assert knn_accuracy(Features(x + offsets, y), 5) == pytest.approx(_knn_reference(x, y, 5))
+
+
+def _tsne_reference(x, seed=0):
+    """scikit-learn's t-SNE at the documented settings: 2-D, PCA init, 500 iterations,
+    perplexity 30 lowered to a quarter of the other points on small sets, but at least 5."""
+    from sklearn.manifold import TSNE
+
+    perplexity = min(30.0, max(5.0, (len(x) - 1) / 4))
+    tsne = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed,
+                max_iter=500)
+    return torch.as_tensor(tsne.fit_transform(x.numpy()))
+
+
+@pytest.mark.parametrize("n, dim", [(16, 6), (41, 6), (130, 6), (20, 600)])
+def test_embed_2d_defaults_to_seeded_tsne(n, dim):
+    """The default method is t-SNE with seed 0, reproduced exactly; the sizes cover the
+    perplexity floor (16 points), the (n - 1) / 4 rule (41) and the cap at 30 (130)."""
+    gen = torch.Generator().manual_seed(n)
+    y = torch.arange(n) % 3
+    x = torch.randn(n, dim, generator=gen)
+    x[:, :3] += 2 * torch.nn.functional.one_hot(y, 3)
+    assert torch.equal(embed_2d(Features(x, y)), _tsne_reference(x))
+
+
+@pytest.mark.parametrize("method", ["pca", "tsne"])
+def test_embed_2d_uses_its_seed(method):
+    """Wide features (randomised PCA): the same seed gives the same map, another seed another."""
+    gen = torch.Generator().manual_seed(0)
+    feats = Features(torch.randn(20, 600, generator=gen), torch.arange(20) % 2)
+    first = embed_2d(feats, method, seed=0)
+    assert torch.equal(first, embed_2d(feats, method, seed=0))
+    assert not torch.equal(first, embed_2d(feats, method, seed=1))
