@@ -72,6 +72,41 @@ def test_three_steps_of_fit_equal_a_bare_three_step_loop_with_fits_default_optim
     assert not torch.equal(_state(model)["head.1.weight"], _state(_model())["head.1.weight"])
 
 
+class _TwoHeads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = nn.Linear(4, 3), nn.Linear(4, 3)
+
+
+def _alternating_heads(model, x, i):
+    """Batch i uses head a when i is even, head b when odd: the other head gets no gradient."""
+    return (model.a if i % 2 == 0 else model.b)(x)
+
+
+def test_fit_defaults_to_adamw_lr_1e3_no_decay_and_skips_parameters_left_without_grads(cpu):
+    """Defaults pinned by behaviour: AdamW(lr=1e-3, weight_decay=0). Gradients are reset to
+    None before each step, so a head the step leaves unused is not moved by Adam's momentum
+    (zero gradients would move it)."""
+    gen = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(5, 4, generator=gen), torch.randint(0, 3, (5,), generator=gen))
+               for _ in range(4)]
+
+    def step(model, batch, ctx):
+        x, y = batch
+        return {"loss": F.cross_entropy(_alternating_heads(model, x, ctx.batch), y), "n": 5}
+
+    model, reference = _TwoHeads(), _TwoHeads()
+    fit(model, batches, epochs=1, device=cpu, step=step, progress=False)
+    opt = torch.optim.AdamW(reference.parameters(), lr=1e-3, weight_decay=0.0)
+    for i, (x, y) in enumerate(batches):
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(_alternating_heads(reference, x, i), y).backward()
+        opt.step()
+    _assert_same_state(model, reference)
+    assert not torch.equal(model.a.weight, _TwoHeads().a.weight)
+
+
 def test_fit_with_a_given_optimizer_equals_the_bare_loop(cpu):
     """SGD with momentum: gradients left over from a previous step would change the result."""
     batches = _batches()

@@ -1,5 +1,9 @@
+import contextlib
 import copy
 import math
+import os
+import pickle
+import time
 
 import pytest
 import torch
@@ -7,9 +11,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+import tl_course.train
 from tl_course.device import seed_everything
+from tl_course.distributed import Dist
 from tl_course.models import MLP, DigitCNN
 from tl_course.train import (
+    CHECK_EVERY,
     History,
     StepContext,
     accuracy,
@@ -18,6 +25,7 @@ from tl_course.train import (
     fit,
     load_checkpoint,
     predict,
+    save_atomic,
     save_checkpoint,
 )
 
@@ -410,3 +418,464 @@ def test_fit_changes_the_weights(cpu, tiny_digits):
     twin = copy.deepcopy(model)
     fit(model, _loader(tiny_digits), epochs=1, device=cpu, progress=False)
     assert not _same(_state(model), _state(twin))
+
+
+# ----------------------------------------------------------------- more of fit's contract
+
+
+def _linear_batches(n, size=1, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [(torch.randn(size, 2, generator=gen), torch.randint(0, 2, (size,), generator=gen))
+            for _ in range(n)]
+
+
+def _linear(seed=0):
+    torch.manual_seed(seed)
+    return nn.Linear(2, 2)
+
+
+def _scripted_train_step(values_by_epoch, n=1):
+    """A train step whose loss is values_by_epoch[epoch][batch] (no gradient to speak of)."""
+
+    def step(model, batch, ctx):
+        x, _ = batch
+        v = values_by_epoch[ctx.epoch][ctx.batch]
+        return {"loss": model(x).sum() * 0.0 + v, "n": n}
+
+    return step
+
+
+@pytest.mark.parametrize("watcher", ["patience", "restore_best", "checkpoint"])
+def test_watching_the_validation_loss_without_a_val_loader_is_refused(cpu, watcher, tmp_path):
+    """Each of patience / restore_best / checkpoint alone needs the monitored val metric."""
+    kwargs = {"patience": {"patience": 1}, "restore_best": {"restore_best": True},
+              "checkpoint": {"checkpoint": tmp_path / "best.pt"}}[watcher]
+    with pytest.raises(ValueError, match="val_loader"):
+        fit(_linear(), _linear_batches(2), epochs=1, device=cpu, progress=False, **kwargs)
+    assert not (tmp_path / "best.pt").exists()
+
+
+@pytest.mark.parametrize("train_losses", [[1.0, 1.0, 1.0, 1.0], [4.0, 3.0, 2.0, 1.0]])
+def test_without_validation_a_plateau_scheduler_follows_the_train_loss(cpu, train_losses):
+    model = _linear()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=0, factor=0.5)
+    hist = fit(model, _linear_batches(2), epochs=4, device=cpu, optimizer=opt, scheduler=sched,
+               step=_scripted_train_step([[v, v] for v in train_losses]), progress=False)
+    ref_opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    ref = torch.optim.lr_scheduler.ReduceLROnPlateau(ref_opt, patience=0, factor=0.5)
+    expected = []
+    for v in train_losses:
+        expected.append(ref_opt.param_groups[0]["lr"])
+        ref.step(v)
+    assert hist["train_loss"] == pytest.approx(train_losses)
+    assert hist["lr"] == pytest.approx(expected)
+
+
+def test_a_validation_loss_that_never_improves_stops_the_run_and_restores_nothing(
+        cpu, tiny_digits, tmp_path):
+    """NaN is no improvement, from the first epoch on: `patience` NaN epochs end the run, no
+    checkpoint is written and restore_best keeps the last weights (there is no best)."""
+    snapshots = []
+    ds = TensorDataset(*(t[:16] for t in tiny_digits.tensors))
+    model = _small_mlp()
+    with pytest.warns(RuntimeWarning, match="val_loss never improved"):
+        hist = fit(model, _loader(ds), _loader(ds), epochs=5, device=cpu, lr=1e-2,
+                   val_step=_scripted_val_step([math.nan] * 5, snapshots), patience=2,
+                   restore_best=True, checkpoint=tmp_path / "best.pt", progress=False)
+    assert hist.epochs == 2 and hist.best_epoch is None
+    assert _same(_state(model), snapshots[-1])
+    assert not (tmp_path / "best.pt").exists()
+
+
+def test_an_equal_value_of_a_maximised_metric_is_no_improvement(cpu, tiny_digits):
+    def val_step(model, batch, ctx):
+        return {"loss": torch.tensor(1.0), "acc": torch.tensor(0.5)}
+
+    hist = fit(_small_mlp(), _loader(tiny_digits), _loader(tiny_digits, bs=64), epochs=4,
+               device=cpu, val_step=val_step, monitor="val_acc", patience=2, progress=False)
+    assert hist.best_epoch == 0 and hist.epochs == 3
+
+
+def test_fit_moves_the_model_to_the_device():
+    """The meta device stands in for a GPU: the step sees the model's parameters there."""
+    meta, seen = torch.device("meta"), []
+
+    class Stop(Exception):
+        pass
+
+    def step(model, batch, ctx):
+        seen.append((ctx.device, {p.device for p in model.parameters()}))
+        raise Stop
+
+    with pytest.raises(Stop):
+        fit(_linear(), _linear_batches(1), epochs=1, device=meta, progress=False, step=step)
+    assert seen == [(meta, {meta})]
+
+
+def test_an_unsized_loader_moves_progress_once_per_epoch(cpu):
+    """A loader without len() and several batches per epoch: progress is epoch / epochs at
+    every batch of the epoch, so it stays in [0, 1) (DANN's schedule reads it)."""
+    batches = _linear_batches(3)
+    seen = []
+
+    class Unsized:
+        def __iter__(self):
+            yield from batches
+
+    def step(model, b, ctx):
+        seen.append((ctx.batches, ctx.progress))
+        return classification_step(model, b, ctx)
+
+    fit(_linear(), Unsized(), epochs=2, device=cpu, step=step, progress=False)
+    assert seen == [(0, pytest.approx(e / 2)) for e in range(2) for _ in range(3)]
+
+
+def test_progress_moves_batch_by_batch_with_a_sized_loader(cpu):
+    """(epoch + batch / batches) / epochs, the formula DANN's schedule is written for."""
+    seen = []
+
+    def step(model, b, ctx):
+        seen.append(ctx.progress)
+        return classification_step(model, b, ctx)
+
+    fit(_linear(), _linear_batches(4), epochs=2, device=cpu, step=step, progress=False)
+    assert seen == [pytest.approx((e + b / 4) / 2) for e in range(2) for b in range(4)]
+
+
+def test_seconds_are_the_wall_time_of_each_epoch(cpu):
+    start = time.perf_counter()
+    hist = fit(_linear(), _linear_batches(3), epochs=2, device=cpu, progress=False)
+    wall = time.perf_counter() - start
+    assert all(0 < s for s in hist["seconds"]) and sum(hist["seconds"]) <= wall
+
+
+def test_a_step_that_returns_a_bare_tensor_raises_type_error(cpu):
+    def step(model, batch, ctx):
+        x, y = batch
+        return F.cross_entropy(model(x), y)
+
+    with pytest.raises(TypeError, match="dict"):
+        fit(_linear(), _linear_batches(2), epochs=1, device=cpu, step=step, progress=False)
+
+
+@pytest.mark.parametrize(("nan_epoch", "nan_step"), [(0, 0), (1, 60), (1, CHECK_EVERY - 1),
+                                                     (1, 2 * CHECK_EVERY + 10)])
+def test_a_nan_loss_is_raised_within_check_every_steps_naming_its_window(
+        cpu, nan_epoch, nan_step):
+    """The check runs after every CHECK_EVERY-th step and at the end of the epoch: the
+    error names the epoch and the window of steps (1-based) the NaN came from."""
+    n = 2 * CHECK_EVERY + 30
+    ran = []
+
+    def step(model, batch, ctx):
+        ran.append((ctx.epoch, ctx.batch))
+        out = classification_step(model, batch, ctx)
+        if (ctx.epoch, ctx.batch) == (nan_epoch, nan_step):
+            out["loss"] = out["loss"] * math.nan
+        return out
+
+    last = min(n, -(-(nan_step + 1) // CHECK_EVERY) * CHECK_EVERY)  # the check after the NaN
+    first = (last - 1) // CHECK_EVERY * CHECK_EVERY + 1
+    with pytest.raises(FloatingPointError,
+                       match=f"in epoch {nan_epoch + 1}, at a step between {first} and {last}:"):
+        fit(_linear(), _linear_batches(n), epochs=2, device=cpu, step=step,
+            optimizer=torch.optim.SGD(_linear().parameters(), lr=0.0), progress=False)
+    assert ran[-1] == (nan_epoch, last - 1)
+
+
+# ----------------------------------------------------------------- mixed precision, stood in
+
+
+@pytest.fixture
+def cpu_amp(monkeypatch):
+    """Mixed precision stood in on the CPU where fit and evaluate look it up: autocast to
+    bfloat16 and an active GradScaler, as on a CUDA device with fp16 (the real helpers
+    switch both off on the CPU). Both stay off when `enabled` is false, as the real ones."""
+
+    def autocast(device, enabled=True):
+        if not enabled:
+            return contextlib.nullcontext()
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+
+    def make_grad_scaler(device, enabled=True):
+        return torch.amp.GradScaler("cpu", enabled=enabled)
+
+    monkeypatch.setattr(tl_course.train, "autocast", autocast)
+    monkeypatch.setattr(tl_course.train, "make_grad_scaler", make_grad_scaler)
+
+
+def test_amp_is_on_by_default_in_training_and_validation_and_amp_false_switches_it_off(
+        cpu, cpu_amp):
+    """The step runs under autocast with the run's GradScaler in its context (a step that
+    sets gradients itself needs it); amp=False gives full precision and no scaling."""
+    seen = []
+
+    def step(model, batch, ctx):
+        x, y = batch
+        logits = model(x)
+        scaling = ctx.scaler.is_enabled() if ctx.training else None
+        seen.append((ctx.training, logits.dtype, scaling))
+        return {"loss": F.cross_entropy(logits.float(), y), "n": len(y)}
+
+    batches = _linear_batches(2, size=4)
+    fit(_linear(), batches, batches[:1], epochs=1, device=cpu, step=step, progress=False)
+    assert seen == [(True, torch.bfloat16, True)] * 2 + [(False, torch.bfloat16, None)]
+    seen.clear()
+    fit(_linear(), batches, batches[:1], epochs=1, device=cpu, step=step, amp=False,
+        progress=False)
+    assert seen == [(True, torch.float32, False)] * 2 + [(False, torch.float32, None)]
+    seen.clear()
+    evaluate(_linear(), batches[:1], cpu, step)
+    evaluate(_linear(), batches[:1], cpu, step, amp=False)
+    assert seen == [(False, torch.bfloat16, None), (False, torch.float32, None)]
+
+
+# ----------------------------------------------------------------- progress bar
+
+
+def test_the_progress_bar_is_on_by_default_named_fit_with_losses_and_accuracies(
+        cpu, capsys, monkeypatch):
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)  # tqdm reads TQDM_* overrides
+    batches = _linear_batches(2, size=4)
+    hist = fit(_linear(), batches, batches, epochs=2, device=cpu)
+    err = capsys.readouterr().err
+    assert "\rfit: " in err
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
+        assert f"{key}={hist[key][-1]:.3f}" in err, key
+    assert "lr=" not in err and "seconds=" not in err
+    assert "\n" not in err  # leave=False: the bar leaves no line behind
+    fit(_linear(), batches, epochs=1, device=cpu, desc="head phase")
+    assert "\rhead phase: " in capsys.readouterr().err
+    fit(_linear(), batches, epochs=1, device=cpu, progress=False)
+    assert capsys.readouterr().err == ""
+
+
+# ----------------------------------------------------------------- distributed, stood in
+
+
+class _Wrapped(nn.Module):
+    """What DistributedDataParallel would be: the same module behind a wrapper."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x):
+        return self.module(x)
+
+
+class _PeerDist:
+    """A Dist for one process of two: the peer saw `peer` examples whose every metric was 1,
+    so all_reduce_sum adds `peer` to every sum and to the count (what gloo would do)."""
+
+    world_size = 2
+    active = True
+
+    def __init__(self, rank=0, peer=2.0, device=None):
+        self.rank, self.peer, self.device = rank, peer, device or torch.device("cpu")
+        self.reduced = []
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    def wrap(self, model):
+        return _Wrapped(model)
+
+    def all_reduce_sum(self, t):
+        self.reduced.append((t.device, t.dtype, tuple(t.shape)))
+        return t.add_(self.peer)
+
+
+def test_under_torchrun_fit_trains_the_wrapped_model_and_sums_metrics_over_processes(
+        cpu, tmp_path, capsys):
+    """Rank 1 of 2: the step gets the wrapped model, the train and val means include the
+    peer's examples, and rank 1 neither shows progress nor saves a checkpoint."""
+    dist = _PeerDist(rank=1, peer=2.0)
+    wrapped = []
+
+    def train_step(model, batch, ctx):
+        wrapped.append(isinstance(model, _Wrapped))
+        return _scripted_train_step([[1.0, 4.0]], n=2)(model, batch, ctx)
+
+    def val_step(model, batch, ctx):
+        return {"loss": torch.tensor(3.0), "n": 3}
+
+    hist = fit(_linear(), _linear_batches(2), [None], epochs=1, device=cpu, step=train_step,
+               val_step=val_step, checkpoint=tmp_path / "best.pt", dist=dist)
+    assert wrapped == [True, True]
+    assert hist["train_loss"] == [pytest.approx((2 * 1.0 + 2 * 4.0 + 2.0) / (4 + 2.0))]
+    assert hist["val_loss"] == [pytest.approx((3 * 3.0 + 2.0) / (3 + 2.0))]
+    assert capsys.readouterr().err == ""
+    assert not (tmp_path / "best.pt").exists()
+
+
+def test_the_all_reduce_gets_one_double_tensor_on_the_dists_device(cpu):
+    """The meta device stands in for the GPU that NCCL needs the totals on; nothing is read
+    back to the host before the all-reduce (meta tensors cannot be read at all)."""
+
+    class Stop(Exception):
+        pass
+
+    class Recorder(_PeerDist):
+        def all_reduce_sum(self, t):
+            super().all_reduce_sum(t)
+            raise Stop
+
+    meta = torch.device("meta")
+    on_cpu = Recorder(device=meta)
+    with pytest.raises(Stop):
+        evaluate(_linear(), [0], cpu, lambda m, b, c: {"loss": torch.tensor(1.0), "acc": 0.5},
+                 dist=on_cpu)
+    assert on_cpu.reduced == [(meta, torch.float64, (3,))]
+    on_meta = Recorder(device=meta)
+
+    def meta_step(model, batch, ctx):
+        return {"loss": torch.ones((), device=meta), "n": torch.tensor(4, device=meta)}
+
+    with pytest.raises(Stop):
+        evaluate(_linear(), [0, 1], cpu, meta_step, dist=on_meta)
+    assert on_meta.reduced == [(meta, torch.float64, (2,))]
+
+
+def test_evaluate_with_a_single_process_dist_still_refuses_an_empty_loader(cpu):
+    with pytest.raises(ValueError, match="empty"):
+        evaluate(_linear(), [], cpu, dist=Dist())
+
+
+# ----------------------------------------------------------------- averaging
+
+
+def test_evaluate_averages_python_numbers_in_double_precision_weighted_by_n(cpu):
+    """Metrics may be Python numbers; "n" may come first; a batch without "n" counts once."""
+    outs = iter([{"n": 1, "loss": 2.0**24 + 1, "acc": 1.0}, {"loss": 0.0, "acc": 0.0},
+                 {"n": 2, "loss": 3.0, "acc": 0.5}])
+    means = evaluate(_linear(), [0, 1, 2], cpu, lambda m, b, c: next(outs))
+    assert means == {"loss": (2.0**24 + 1 + 0.0 + 2 * 3.0) / 4, "acc": (1.0 + 0.0 + 1.0) / 4}
+
+
+def test_float32_metrics_are_summed_in_double_precision(cpu):
+    """2**24 + 1 is not a float32: a float32 running sum would lose the 1."""
+    values = iter([2.0**24, 1.0])
+    means = evaluate(_linear(), [0, 1], cpu,
+                     lambda m, b, c: {"loss": torch.tensor(next(values), dtype=torch.float32)})
+    assert means == {"loss": (2.0**24 + 1.0) / 2}
+
+
+def test_sums_are_double_except_on_mps_which_has_no_float64():
+    sum_dtype = tl_course.train._sum_dtype
+    assert sum_dtype(torch.device("mps")) == torch.float32
+    assert sum_dtype(torch.device("cpu")) == torch.float64
+    assert sum_dtype(torch.device("cuda")) == torch.float64
+
+
+# ----------------------------------------------------------------- History
+
+
+def test_history_extend_appends_epochs_and_shifts_the_best_epoch():
+    head, body = History(), History()
+    for v in (3.0, 2.0):
+        head.add("val_loss", v)
+        head.add("seconds", 1.0)
+    head.best_epoch = 1
+    for v in (2.5, 1.0, 1.5):
+        body.add("val_loss", v)
+        body.add("train_acc", 0.5)
+        body.add("seconds", 1.0)
+    body.best_epoch = 1
+    assert head.extend(body) is head
+    assert head["val_loss"] == [3.0, 2.0, 2.5, 1.0, 1.5]
+    assert head["train_acc"] == [0.5] * 3
+    assert head.epochs == 5 and head.best_epoch == 3
+    assert head.last("val_loss") == 1.5
+    no_best = History(metrics={"val_loss": [9.0], "seconds": [1.0]})
+    assert head.extend(no_best).best_epoch == 3  # a run without a best keeps the earlier one
+
+
+def test_history_summary_shows_total_time_and_last_values_but_not_seconds():
+    h = History()
+    for loss, acc, secs in ((0.9, 0.25, 1.25), (0.5, 0.75, 2.0)):
+        h.add("train_loss", loss)
+        h.add("val_acc", acc)
+        h.add("seconds", secs)
+    h.metrics["unused"] = []
+    assert h.summary() == "2 epochs in 3.2s | train_loss=0.5000 val_acc=0.7500"
+    assert History().summary() == "0 epochs in 0.0s | "
+
+
+# ----------------------------------------------------------------- saving and loading
+
+
+def test_save_atomic_creates_missing_folders_and_writes_to_a_hidden_temp_file_beside(
+        tmp_path, monkeypatch):
+    """While writing, only a hidden temp file in the target's own folder exists (so that the
+    rename is atomic and no half-written file is visible)."""
+    path = tmp_path / "a" / "b" / "m.pt"
+    real_save, during = torch.save, []
+
+    def spy(obj, f, *args, **kwargs):
+        during.append(sorted(p.name for p in path.parent.iterdir()))
+        real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", spy)
+    assert save_atomic({"w": torch.ones(2)}, path) == path
+    (written,) = during
+    assert len(written) == 1 and written[0].startswith(".m.pt.")
+    assert [p.name for p in path.parent.iterdir()] == ["m.pt"]
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(2))
+
+
+def test_a_failed_save_whose_temp_file_is_already_gone_raises_the_original_error(
+        tmp_path, monkeypatch):
+    def save_then_fail(obj, f, *args, **kwargs):
+        os.remove(f)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", save_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        save_atomic({}, tmp_path / "m.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_checkpoint_written_on_a_gpu_loads_on_the_cpu_by_default(tmp_path, monkeypatch):
+    """The file is tagged as GPU storage (as torch.save tags CUDA tensors); without CUDA,
+    torch.load would refuse it unless told to map it to the CPU."""
+    import torch.serialization as ser
+
+    monkeypatch.setattr(ser, "_package_registry", list(ser._package_registry))
+    ser.register_package(1, lambda s: "cuda:0" if s.device.type == "cpu" else None,
+                         lambda s, location: None)
+    seed_everything(0)
+    model = _small_mlp()
+    path = save_checkpoint(model, tmp_path / "m.pt")
+    monkeypatch.setattr(ser, "_package_registry", [e for e in ser._package_registry
+                                                   if e[0] != 1])
+    fresh = load_checkpoint(_small_mlp(), path)
+    assert _same(_state(fresh), _state(model))
+    assert all(v.device.type == "cpu" for v in fresh.state_dict().values())
+
+
+_UNPICKLED = []
+
+
+def _unpickle_hook(note):
+    _UNPICKLED.append(note)
+
+
+class _Payload:
+    def __reduce__(self):
+        return (_unpickle_hook, ("code ran",))
+
+
+def test_load_checkpoint_runs_no_pickled_code_even_where_torch_would(tmp_path, monkeypatch):
+    """torch.load's default was weights_only=False before torch 2.6 (and can be forced so by
+    TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD): load_checkpoint must ask for weights only itself."""
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    model = _small_mlp()
+    state = {**model.state_dict(), "payload": _Payload()}
+    torch.save(state, tmp_path / "evil.pt")
+    _UNPICKLED.clear()
+    with pytest.raises(pickle.UnpicklingError):
+        load_checkpoint(_small_mlp(), tmp_path / "evil.pt")
+    assert _UNPICKLED == []

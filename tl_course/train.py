@@ -16,6 +16,7 @@ import math
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,7 @@ class StepContext:
     epoch: int = 0
     epochs: int = 1
     batch: int = 0
-    batches: int = 1
+    batches: int = 1  # 0: the loader has no len(), so progress moves once per epoch
     # A step that sets parameter gradients itself (e.g. PCGrad) sets this to True so
     # that fit does not call backward on the returned loss. Such a step must compute its
     # gradients from `scaler.scale(loss)` so that fp16 gradient scaling stays consistent.
@@ -47,8 +48,13 @@ class StepContext:
 
     @property
     def progress(self) -> float:
-        """Fraction of training done, 0 -> 1 (used by schedules such as DANN's lambda)."""
-        return (self.epoch + self.batch / max(1, self.batches)) / max(1, self.epochs)
+        """Fraction of training done, 0 -> 1 (used by schedules such as DANN's lambda).
+
+        Within an epoch it moves batch by batch when the loader's length is known; a
+        loader without len() (batches = 0) moves it once per epoch, never past 1.
+        """
+        within = min(self.batch / self.batches, 1.0) if self.batches > 0 else 0.0
+        return (self.epoch + within) / max(1, self.epochs)
 
 
 StepFn = Callable[[nn.Module, Any, StepContext], dict[str, Any]]
@@ -320,8 +326,8 @@ def fit(
     stale = 0
     try:
         batches = len(train_loader)  # type: ignore[arg-type]
-    except TypeError:
-        batches = 1
+    except TypeError:  # an iterable without len(): progress moves per epoch
+        batches = 0
 
     main = dist is None or dist.is_main
     train_model = dist.wrap(model) if dist is not None else model
@@ -377,4 +383,7 @@ def fit(
     bar.close()
     if restore_best and best_state is not None:
         model.load_state_dict(best_state)
+    elif restore_best and main:  # e.g. a NaN validation loss: say so rather than stay silent
+        warnings.warn(f"restore_best: {monitor} never improved (is it NaN?), so the weights "
+                      "of the last epoch are kept", RuntimeWarning, stacklevel=2)
     return history
