@@ -153,6 +153,7 @@ def test_source_model_trains_once_then_loads(cpu, tmp_path, capsys):
 def test_source_model_defaults_to_the_data_cache(cpu, data_root, capsys):
     source_model(SMOKE, cpu, _random_digits(20, 10))
     assert len(list((data_root / "models").glob("*.pt"))) == 1
+    assert capsys.readouterr().err == ""  # the smoke profile shows no progress bar
 
 
 # ----------------------------------------------------------------- fine_tune / gradual_unfreeze
@@ -391,3 +392,326 @@ def test_train_finetune_starts_from_a_fresh_head_sized_for_the_target(cpu):
     model = train_finetune(source, data, cpu, steps=1, num_classes=3)
     assert model.head[-1].out_features == 3
     assert _same_state(before, _state(source))  # the source model is left as it was
+
+
+# ----------------------------------------------------------------- recipes against bare references
+# Each reference below is a plain torch loop written from the documented recipe; a helper
+# that matches it to float precision has the documented defaults (learning rates, weight
+# decay, epochs, batch size, shuffle and seed) and trains the documented parameters.
+
+
+def _batches(n: int, batch_size: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A fixed list of mini-batches (more than one) of random 28x28 images, labels 0..4."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, 28, 28, generator=gen)
+    y = torch.arange(n) % 5
+    return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, n, batch_size)]
+
+
+def _ref_train(model, batches, opt, epochs: int, frozen_bn=(), sched=None) -> None:
+    """Plain cross-entropy epochs; BatchNorm of the `frozen_bn` blocks stays in eval mode."""
+    for _ in range(epochs):
+        model.train()
+        for name in frozen_bn:
+            for m in model.blocks[name].modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.eval()
+        for x, y in batches:
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        if sched is not None:
+            sched.step()
+
+
+def _only(model, blocks) -> list:
+    """Make exactly `blocks` and the head trainable; return the trainable parameters."""
+    for name, block in model.blocks.items():
+        block.requires_grad_(name in blocks)
+    model.head.requires_grad_(True)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _ref_fine_tune(model, batches, head_epochs, epochs, lr, decay, wd, bn="frozen") -> None:
+    """fastai's fine_tune by hand: head alone (AdamW lr), then all blocks at lr/2, lr/2*decay,
+    lr/2*decay^2 from the head down."""
+    head_opt = torch.optim.AdamW(_only(model, []), lr=lr, weight_decay=wd)
+    frozen = model.block_names if bn == "frozen" else ()
+    _ref_train(model, batches, head_opt, head_epochs, frozen_bn=frozen)
+    _only(model, model.block_names)
+    groups = [{"params": list(model.head.parameters()), "lr": lr / 2},
+              {"params": list(model.blocks["block2"].parameters()), "lr": lr / 2 * decay},
+              {"params": list(model.blocks["block1"].parameters()), "lr": lr / 2 * decay**2}]
+    _ref_train(model, batches, torch.optim.AdamW(groups, weight_decay=wd), epochs)
+
+
+def _close(a, b) -> bool:
+    """Same keys and shapes, equal to float precision."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(
+        sa[k].shape == sb[k].shape and torch.allclose(sa[k].float(), sb[k].float(),
+                                                      rtol=1e-5, atol=1e-7) for k in sa)
+
+
+def _bars(err: str) -> list[str]:
+    """The descriptions of the tqdm bars written to stderr, in order of appearance."""
+    import re
+
+    return list(dict.fromkeys(re.findall(r"\r([^\r:]*):\s+\d+%", err)))
+
+
+def _twins(width: int = 4):
+    import copy
+
+    torch.manual_seed(0)
+    model = DigitCNN(num_classes=5, width=width)
+    return model, copy.deepcopy(model)
+
+
+def test_fine_tune_defaults_match_the_bare_recipe(cpu, capsys):
+    """Defaults: 1 head epoch at lr 2e-3, then AdamW at 1e-3 / 3e-4 / 9e-5, weight decay 1e-4,
+    BatchNorm of the frozen body fixed; no progress bar."""
+    model, ref = _twins()
+    batches = _batches(12, 5)
+    fine_tune(model, batches, None, cpu, epochs=1)
+    _ref_fine_tune(ref, batches, head_epochs=1, epochs=1, lr=2e-3, decay=0.3, wd=1e-4)
+    assert _close(model, ref)
+    assert capsys.readouterr().err == ""
+
+
+def test_fine_tune_passes_its_arguments_to_both_phases(cpu):
+    """lr, weight_decay, decay, head_epochs and bn (BatchNorm left training in the head
+    phase) reach the phases they are documented for."""
+    model, ref = _twins()
+    batches = _batches(12, 5)
+    kw = dict(lr=0.05, decay=0.5, bn="train")
+    fine_tune(model, batches, None, cpu, epochs=1, head_epochs=2, weight_decay=0.5, **kw)
+    _ref_fine_tune(ref, batches, head_epochs=2, epochs=1, wd=0.5, **kw)
+    assert _close(model, ref)
+
+
+def test_fine_tune_shows_one_bar_per_phase(cpu, capsys):
+    model, _ = _twins()
+    history = fine_tune(model, _batches(8, 4), _batches(4, 4, seed=1), cpu, epochs=1,
+                        progress=True)
+    assert _bars(capsys.readouterr().err) == ["head", "fine-tune"]
+    assert len(history["val_loss"]) == 2
+
+
+def test_fine_tune_wraps_each_phase_for_ddp(cpu, capsys):
+    """Under torchrun each phase wraps the model anew (DDP syncs only what was trainable when
+    it wrapped), and a non-main rank shows no progress bar."""
+    from tl_course.distributed import Dist
+
+    wrapped = []
+
+    class SpyDist(Dist):
+        def wrap(self, model):
+            wrapped.append(trainable_blocks(model))
+            return model
+
+    model, _ = _twins()
+    fine_tune(model, _batches(8, 4), None, cpu, epochs=1, progress=True, dist=SpyDist(rank=1))
+    assert wrapped == [[], ["block1", "block2"]]
+    assert capsys.readouterr().err == ""
+
+
+def _ref_gradual(model, batches, epochs, lr) -> None:
+    """ULMFiT by hand: the head, then block2 + head, then everything; a fresh AdamW(lr) per
+    stage, no weight decay, BatchNorm of still-frozen blocks in eval mode."""
+    stages = [[], ["block2"], ["block1", "block2"]]
+    for blocks in stages:
+        opt = torch.optim.AdamW(_only(model, blocks), lr=lr, weight_decay=0.0)
+        frozen = [n for n in model.block_names if n not in blocks]
+        _ref_train(model, batches, opt, epochs, frozen_bn=frozen)
+
+
+def test_gradual_unfreeze_default_matches_the_bare_recipe(cpu, capsys):
+    model, ref = _twins()
+    batches = _batches(12, 5)
+    gradual_unfreeze(model, batches, None, cpu, epochs_per_stage=1)
+    _ref_gradual(ref, batches, 1, lr=1e-3)
+    assert _close(model, ref)
+    assert capsys.readouterr().err == ""
+
+
+def test_gradual_unfreeze_uses_lr_val_loader_and_progress_in_every_stage(cpu, capsys):
+    model, ref = _twins()
+    batches = _batches(12, 5)
+    history = gradual_unfreeze(model, batches, _batches(4, 4, seed=1), cpu,
+                               epochs_per_stage=1, lr=0.02, progress=True)
+    _ref_gradual(ref, batches, 1, lr=0.02)
+    assert _close(model, ref)
+    assert len(history["val_loss"]) == history.epochs == 3
+    assert _bars(capsys.readouterr().err) == ["head", "+block2", "+block1"]
+
+
+def _shuffled(ds: TensorDataset, batch_size: int, seed: int) -> DataLoader:
+    return DataLoader(ds, batch_size=batch_size, shuffle=True,
+                      generator=torch.Generator().manual_seed(seed))
+
+
+def test_train_scratch_defaults_match_the_bare_recipe(cpu, capsys):
+    """A fresh DigitCNN (seed 0, 5 classes), batches of 32 shuffled by the seed, AdamW at
+    3e-3 with weight decay 1e-4, for about `steps` steps; silent."""
+    from tl_course.transfer import train_scratch
+
+    ds = _random_digits(40, 1, seed=2).train  # 2 batches of 32 per epoch
+    model = train_scratch(ds, cpu, steps=4)
+    torch.manual_seed(0)
+    ref = DigitCNN(num_classes=5)
+    opt = torch.optim.AdamW(ref.parameters(), lr=3e-3, weight_decay=1e-4)
+    _ref_train(ref, _shuffled(ds, 32, seed=0), opt, epochs=2)
+    assert _close(model, ref)
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(("steps", "head_epochs", "epochs"), [(4, 1, 1), (18, 2, 7)])
+def test_train_finetune_defaults_match_the_bare_recipe(cpu, steps, head_epochs, epochs):
+    """A copy with a fresh 5-class head (seed 0), batches of 32 shuffled by the seed, a
+    quarter of the epochs (at least 1) on the head, the rest fine-tuning (at least 1)."""
+    import copy
+
+    from tl_course.transfer import train_finetune
+
+    torch.manual_seed(1)
+    source = DigitCNN(num_classes=5, width=4)
+    ds = _random_digits(40, 1, seed=2).train  # 2 batches of 32 per epoch
+    model = train_finetune(source, ds, cpu, steps=steps)
+    torch.manual_seed(0)
+    ref = copy.deepcopy(source).reset_head(5)
+    _ref_fine_tune(ref, _shuffled(ds, 32, seed=0), head_epochs, epochs, lr=2e-3, decay=0.3,
+                   wd=1e-4)
+    assert _close(model, ref)
+
+
+def test_source_model_recipe_and_cache_name(cpu, tmp_path, capsys):
+    """Seeded DigitCNN, shuffled batches of the profile's size, AdamW 3e-3 (decay 1e-4) under a
+    per-epoch one-cycle schedule for 4/3 of the profile's epochs; saved under a name that
+    records the source, size, epochs and seed."""
+    from dataclasses import replace
+
+    profile = replace(SMOKE, epochs=3, batch_size=8, progress=True)  # 4 epochs, 3 batches
+    source = _random_digits(20, 10)
+    model = source_model(profile, cpu, source, root=tmp_path)
+    assert _bars(capsys.readouterr().err) == ["source 0-4"]
+    torch.manual_seed(0)
+    ref = DigitCNN(num_classes=5)
+    opt = torch.optim.AdamW(ref.parameters(), lr=3e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=4)
+    _ref_train(ref, _shuffled(source.train, 8, seed=0), opt, epochs=4, sched=sched)
+    assert _close(model, ref)
+    files = [p.name for p in (tmp_path / "models").iterdir()]
+    assert files == ["digitcnn_src0-4_sample20_e4_s0.pt"]
+
+
+def test_source_model_loads_the_file_its_name_keys(tmp_path, capsys):
+    """The cache key: full or sample data, the variant, size, epochs (4/3 of the profile's)
+    and seed; a hit is loaded (nothing trained) and moved to the device."""
+    from dataclasses import replace
+
+    from tl_course.train import save_checkpoint
+
+    profile = replace(SMOKE, epochs=3)
+    source = DigitsData("mnist", _indexed(7), _indexed(5), "MNIST (full, from the cache)")
+    cpu = torch.device("cpu")
+    for name, kw in [("digitcnn_src0-4_full7_e4_s0.pt", {}),
+                     ("digitcnn_scrambled_full7_e4_s2.pt", dict(seed=2, scrambled=True))]:
+        torch.manual_seed(len(name))
+        cached = DigitCNN(num_classes=5)
+        save_checkpoint(cached, tmp_path / "models" / name)
+        loaded = source_model(profile, cpu, source, root=tmp_path, **kw)
+        assert "loaded" in capsys.readouterr().out
+        assert _same_state(_state(cached), _state(loaded))
+        on_meta = source_model(profile, torch.device("meta"), source, root=tmp_path, **kw)
+        assert {p.device.type for p in on_meta.parameters()} == {"meta"}
+    assert len(list((tmp_path / "models").iterdir())) == 2  # nothing trained
+
+
+def test_label_efficiency_hands_each_seed_its_subset_steps_and_lr(cpu, monkeypatch):
+    """Scratch and finetune train on per_class_subset(train, k, seed) for `steps` steps with
+    that seed (scratch at lr 3e-3 by default); random_probe gives one value per seed."""
+    import inspect
+
+    import tl_course.transfer as transfer
+    from tl_course.data import per_class_subset
+
+    calls = []
+
+    def spy(real):
+        def run(*a, **kw):
+            bound = inspect.signature(real).bind(*a, **kw)
+            bound.apply_defaults()
+            calls.append((real.__name__, dict(bound.arguments)))
+            return real(*a, **kw)
+        return run
+
+    for name in ("train_scratch", "train_finetune"):
+        monkeypatch.setattr(transfer, name, spy(getattr(transfer, name)))
+    source = DigitCNN(num_classes=5, width=4)
+    target = _random_digits(50, 10, seed=4)
+    seen = []
+    results = label_efficiency(source, target, ks=[2], seeds=[3], device=cpu, steps=2,
+                               methods=("scratch", "finetune", "random_probe"),
+                               progress=seen.append)
+    subset = per_class_subset(target.train, 2, seed=3)
+    assert [c[0] for c in calls] == ["train_scratch", "train_finetune"]
+    for _, args in calls:
+        assert all(torch.equal(a, b) for a, b in zip(args["train"].tensors, subset.tensors,
+                                                          strict=True))
+        assert (args["steps"], args["seed"]) == (2, 3)
+    assert calls[0][1]["lr"] == 3e-3
+    assert calls[1][1]["source"] is source
+    assert len(results["random_probe"][2]) == 1
+    assert len(seen) == 1 and "k=2" in seen[0] and "seed=3" in seen[0]
+
+
+def test_tune_scratch_lr_averages_validation_accuracy_over_seeds(cpu, monkeypatch):
+    import tl_course.transfer as transfer
+
+    target = _separable_digits(30, 30)
+    calls = []
+
+    class Reader(torch.nn.Module):
+        def __init__(self, right: bool):
+            super().__init__()
+            self.right = right
+
+        def forward(self, x):
+            return torch.nn.functional.one_hot(_row_class(x, self.right), 5).float()
+
+    def fake_train(train, device, steps, seed, lr):
+        calls.append((train, device, steps, seed, lr))
+        return Reader(seed == 0)  # seed 0 trains well, seed 1 does not
+
+    monkeypatch.setattr(transfer, "train_scratch", fake_train)
+    _, scores = transfer.tune_scratch_lr(target.train, target.test, cpu, steps=7, lrs=(1e-3,),
+                                         seeds=(0, 1))
+    wrong = (target.test.tensors[1] == 4).float().mean().item()
+    assert scores == {1e-3: pytest.approx((1.0 + wrong) / 2)}
+    assert calls == [(target.train, cpu, 7, 0, 1e-3), (target.train, cpu, 7, 1, 1e-3)]
+
+
+def test_summarise_is_double_precision():
+    import statistics
+
+    values = [0.1, 0.7, 0.3]
+    mean, std = summarise({"m": {1: values}})["m"][1]
+    assert mean == pytest.approx(statistics.mean(values), rel=1e-14)
+    assert std == pytest.approx(statistics.stdev(values), rel=1e-14)
+
+
+def test_scramble_pixels_default_seed_and_a_single_image():
+    """Seed 0 by default: the permutation torch.randperm draws from a generator seeded 0; a
+    one-image dataset works too."""
+    x = torch.arange(28 * 28, dtype=torch.float32).reshape(1, 1, 28, 28)
+    out = scramble_pixels(TensorDataset(x, torch.tensor([7])))
+    perm = torch.randperm(28 * 28, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out.tensors[0].flatten(), x.flatten()[perm])
+
+
+def test_digit_split_names_the_halves_and_keeps_the_notice():
+    digits = DigitsData("toy", _indexed(40), _indexed(20), "made up", notice="a notice")
+    source, target = digit_split(digits)
+    assert (source.name, target.name) == ("toy_0-4", "toy_5-9")
+    assert source.notice == target.notice == "a notice"
