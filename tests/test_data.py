@@ -491,3 +491,338 @@ def test_stratified_split_is_per_class_disjoint_and_reproducible():
     assert torch.equal(again.tensors[0], test.tensors[0])
     other = data._stratified_split(x, y, 0.2, seed=1)[1]
     assert ids(other) != ids(test)
+
+
+# ----------------------------------------------------------------- network, downloads, checksums
+
+_real_network_available = data.network_available  # conftest replaces it in every test
+
+
+@pytest.fixture(autouse=True)
+def _stray_writes_stay_in_tmp(tmp_path, monkeypatch):
+    """A relative path (a bug) writes into the test's own folder, never into the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
+class _Connection:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_network_available_opens_a_tcp_connection_to_the_mnist_host(monkeypatch):
+    """A quick TCP connect to the MNIST mirror's HTTPS port with a 3 s timeout; any OSError
+    (refused, unreachable, timed out, no DNS) means offline. The real network is never used."""
+    calls = []
+
+    def connect(*args, **kwargs):
+        calls.append((args, kwargs))
+        return _Connection()
+
+    monkeypatch.setattr(data.socket, "create_connection", connect)
+    assert _real_network_available() is True
+    assert calls == [((("ossci-datasets.s3.amazonaws.com", 443),), {"timeout": 3.0})]
+    calls.clear()
+    assert _real_network_available("example.org", 8080, timeout=0.5) is True
+    assert calls == [((("example.org", 8080),), {"timeout": 0.5})]
+
+    def refuse(*args, **kwargs):
+        raise ConnectionRefusedError("refused")
+
+    monkeypatch.setattr(data.socket, "create_connection", refuse)
+    assert _real_network_available() is False
+
+
+def test_download_atomic_works_in_a_hidden_temp_folder_beside_the_target(tmp_path):
+    """The download goes to `.name-*` next to the target (same filesystem, so the rename is
+    atomic), missing parent folders are created, and the result is renamed into place."""
+    target = tmp_path / "deep" / "cache" / "MNIST"
+    seen = []
+
+    def download(tmp):
+        seen.append(tmp)
+        assert tmp.is_dir() and not target.exists()
+        (tmp / "MNIST").mkdir()
+        (tmp / "MNIST" / "data.bin").write_bytes(b"new")
+        return tmp / "MNIST"
+
+    assert data.download_atomic(target, "mnist", download) == target
+    (tmp,) = seen
+    assert tmp.parent == target.parent and tmp.name.startswith(".mnist-")
+    assert (target / "data.bin").read_bytes() == b"new"
+    assert [p.name for p in target.parent.iterdir()] == ["MNIST"]  # the temp folder is gone
+
+
+def test_download_atomic_replaces_an_earlier_copy_and_may_keep_the_temp_folder_itself(tmp_path):
+    """An incomplete earlier copy is replaced (none of its files survive); a download that
+    returns the temp folder itself is renamed into place without an error in the clean-up."""
+    target = tmp_path / "MNIST"
+    (target / "raw").mkdir(parents=True)
+    (target / "raw" / "stale").write_bytes(b"old")
+
+    def download(tmp):
+        (tmp / "fresh").write_bytes(b"new")
+        return tmp
+
+    assert data.download_atomic(target, "mnist", download) == target
+    assert sorted(p.name for p in target.iterdir()) == ["fresh"]
+    assert [p.name for p in tmp_path.iterdir()] == ["MNIST"]
+
+
+def test_fetch_mnist_downloads_both_splits_into_the_temp_folder(monkeypatch, data_root,
+                                                                 mnist_writer):
+    """Both splits are asked for explicitly (train=True and train=False), with download on,
+    into the temporary folder beside the cache, never into a relative path."""
+    calls = []
+
+    class FakeMNIST:
+        def __init__(self, root, **kwargs):
+            calls.append((Path(root), kwargs))
+            mnist_writer(Path(root))
+
+    monkeypatch.setattr(data, "network_available", lambda *a, **k: True)
+    monkeypatch.setattr(torchvision.datasets, "MNIST", FakeMNIST)
+    assert fetch_mnist(data_root) == data_root / "MNIST"
+    assert [kw for _, kw in calls] == [{"train": True, "download": True},
+                                       {"train": False, "download": True}]
+    roots = {root for root, _ in calls}
+    assert len(roots) == 1
+    (root,) = roots
+    assert root.is_absolute() and root.parent == data_root and root.name.startswith(".mnist-")
+    assert sorted(p.name for p in data_root.iterdir()) == ["MNIST"]
+
+
+def test_cpu_reads_full_mnist_from_the_cache_it_is_given(monkeypatch, data_root, mnist_writer):
+    """Full MNIST is read from `root` (not from a path relative to the working folder)."""
+    x_train, y_train, x_test, y_test = mnist_writer(data_root, n_train=12, n_test=6)
+    _forbid_network(monkeypatch)
+    d = load_mnist(CPU, data_root)
+    assert torch.equal(d.train.tensors[1], y_train.long())
+    assert torch.equal(d.test.tensors[1], y_test.long())
+    assert torch.allclose(d.test.tensors[0].squeeze(1) * 255.0, x_test.float())
+
+
+class _Reads:
+    """A file object that records the size of every read."""
+
+    def __init__(self, f, sizes):
+        self.f, self.sizes = f, sizes
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+        return False
+
+    def read(self, n=-1):
+        self.sizes.append(n)
+        return self.f.read(n)
+
+
+def test_file_md5_reads_in_chunks_of_at_most_a_mebibyte(tmp_path, monkeypatch):
+    """The MD5 is the one of the whole file, computed without holding the file (MNIST's
+    archives are ~10 MB, EuroSAT's ~90 MB) in memory: no read asks for more than 1 MiB."""
+    import builtins
+    import hashlib
+
+    payload = bytes(range(256)) * (10 * 1024)  # 2.5 MiB
+    path = tmp_path / "archive.gz"
+    path.write_bytes(payload)
+    sizes = []
+    monkeypatch.setattr(data, "open", lambda p, mode: _Reads(builtins.open(p, mode), sizes),
+                        raising=False)
+    assert data.file_md5(path) == hashlib.md5(payload).hexdigest()
+    assert sizes and all(n is not None and 0 < n <= 1 << 20 for n in sizes)
+    assert len(sizes) >= 3  # 2.5 MiB in chunks of 1 MiB, then the empty read
+
+
+# ----------------------------------------------------------------- defaults, by reference loops
+
+
+def test_split_per_class_subset_and_subset_default_to_seed_zero():
+    """Reference loops with torch.Generator seeded 0 give the same examples in the same order:
+    the default seed is 0 (what the notebooks' results were computed with)."""
+    from tl_course.data import per_class_subset
+
+    ds = _labelled()  # 4 classes x 9, row i holds value i
+    gen = lambda: torch.Generator().manual_seed(0)
+    ids = lambda part: part.tensors[0].squeeze(1).long().tolist()
+
+    perm = torch.randperm(36, generator=gen())
+    train, val = split(ds, 0.25)
+    assert ids(val) == perm[:9].tolist() and ids(train) == perm[9:].tolist()
+
+    assert ids(subset(ds, 7)) == torch.randperm(36, generator=gen())[:7].tolist()
+
+    g = gen()
+    picks = [torch.arange(9 * c, 9 * c + 9)[torch.randperm(9, generator=g)[:2]] for c in range(4)]
+    expect = torch.cat(picks)
+    expect = expect[torch.randperm(8, generator=g)]
+    assert ids(per_class_subset(ds, 2)) == expect.tolist()
+
+
+def test_per_class_subset_accepts_one_shot_and_all_examples():
+    """k=1 (one-shot) gives one example per class; k equal to the class size gives them all."""
+    from tl_course.data import per_class_subset
+
+    ds = _labelled(n_per_class=5, classes=3)
+    one = per_class_subset(ds, 1, seed=3)
+    assert sorted(one.tensors[1].tolist()) == [0, 1, 2]
+    every = per_class_subset(ds, 5, seed=3)
+    assert sorted(every.tensors[0].squeeze(1).long().tolist()) == list(range(15))
+
+
+def test_subset_of_one_example():
+    one = subset(_numbered(10), 1, seed=2)
+    assert len(one) == 1 and one.tensors[0].item() == one.tensors[1].item()
+
+
+def test_stratified_split_defaults_to_seed_zero():
+    """The fixed sample split: per class a seeded permutation, the first fraction is test."""
+    y = torch.arange(30) % 3
+    x = torch.arange(30).float().view(-1, 1, 1, 1)
+    train, test = data._stratified_split(x, y, 0.2)
+    g = torch.Generator().manual_seed(0)
+    tr, te = [], []
+    for c in range(3):
+        idx = torch.nonzero(y == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        te.append(idx[:2])
+        tr.append(idx[2:])
+    tr = torch.cat(tr)[torch.randperm(24, generator=g)]
+    te = torch.cat(te)[torch.randperm(6, generator=g)]
+    assert train.tensors[0].flatten().long().tolist() == tr.tolist()
+    assert test.tensors[0].flatten().long().tolist() == te.tolist()
+
+
+def test_profile_subsets_use_seeds_one_and_two(monkeypatch, sample, data_root):
+    """Train is subset with seed 1, test with seed 2, from the full split (reference loop)."""
+    _forbid_network(monkeypatch)
+    full = load_uci_digits(GPU)
+    small = load_uci_digits(SMOKE)
+    mnist = load_mnist(SMOKE, data_root)
+    for whole, part, n, seed in [
+        (full.train, small.train, SMOKE.train_size, 1),
+        (full.test, small.test, SMOKE.test_size, 2),
+        (sample[0], mnist.train, SMOKE.train_size, 1),
+        (sample[1], mnist.test, SMOKE.test_size, 2),
+    ]:
+        idx = torch.randperm(len(whole), generator=torch.Generator().manual_seed(seed))[:n]
+        assert torch.equal(part.tensors[0], whole.tensors[0][idx])
+        assert torch.equal(part.tensors[1], whole.tensors[1][idx])
+
+
+def test_mnist_sample_pixels_are_bytes_over_255(sample):
+    """The sample's pixels are the 0..255 bytes divided by 255: white is exactly 1."""
+    x = torch.cat([sample[0].tensors[0], sample[1].tensors[0]])
+    assert x.max() == 1.0
+    assert torch.allclose(x * 255.0, (x * 255.0).round(), atol=1e-3)
+
+
+def test_uci_digits_match_a_plain_torch_resize():
+    """Each 8x8 image (0..16) scaled to [0, 1], resized bilinearly to 20x20, padded by 4."""
+    import torch.nn.functional as F
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    bunch = sk_load_digits()
+    x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    x = F.pad(F.interpolate(x, size=(20, 20), mode="bilinear", align_corners=False),
+              (4, 4, 4, 4)).clamp(0.0, 1.0)
+    got_x, got_y = uci_digits_tensors()
+    assert torch.allclose(got_x, x, atol=1e-6)
+    assert torch.equal(got_y, torch.tensor(bunch.target).long())
+
+
+def test_cpu_offline_notice_names_the_missing_folder(monkeypatch, capsys, data_root):
+    monkeypatch.setattr(data, "network_available", lambda *a, **k: False)
+    d = load_mnist(CPU, data_root)
+    assert str(data_root / "MNIST") in d.notice
+
+
+# ----------------------------------------------------------------- make_loader, all paths
+
+
+def _plain(n: int) -> TransformDataset:
+    """A map-style dataset that is not a TensorDataset: make_loader gives a DataLoader."""
+    return TransformDataset(_numbered(n), lambda x: x)
+
+
+def _reference_order(n, batch_size, seed, drop_last=False, epochs=1):
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(_numbered(n), batch_size=batch_size, shuffle=True, drop_last=drop_last,
+                        generator=torch.Generator().manual_seed(seed))
+    return [y.tolist() for _ in range(epochs) for _, y in loader]
+
+
+def test_make_loader_batches_match_a_seeded_dataloader_on_both_paths(cpu):
+    """Tensor and plain datasets: the batches of a DataLoader shuffled by a generator seeded
+    with `seed` (so results do not depend on which loader a notebook gets)."""
+    from torch.utils.data import DataLoader
+
+    expect = _reference_order(23, 4, 5, epochs=2)  # the second epoch reshuffles
+    for ds in (_numbered(23), _plain(23)):
+        loader = make_loader(ds, 4, cpu, shuffle=True, seed=5)
+        assert [y.tolist() for _ in range(2) for _, y in loader] == expect
+    plain = make_loader(_plain(23), 4, cpu, shuffle=True, seed=5, drop_last=True)
+    assert isinstance(plain, DataLoader)
+    assert [y.tolist() for _, y in plain] == _reference_order(23, 4, 5, drop_last=True)
+    assert [y.tolist() for _, y in make_loader(_plain(7), 3, cpu)] == [[0, 1, 2], [3, 4, 5], [6]]
+
+
+def test_make_loader_unseeded_shuffle_draws_its_seed_from_the_global_generator(cpu):
+    """Without a seed: one draw from torch's global generator in [0, 2**62) seeds the shuffle."""
+    for s in (0, 1, 2):
+        torch.manual_seed(s)
+        seed = int(torch.randint(0, 2**62, ()))
+        torch.manual_seed(s)
+        got = [y.tolist() for _, y in make_loader(_numbered(23), 4, cpu, shuffle=True)]
+        assert got == _reference_order(23, 4, seed)
+
+
+def test_make_loader_accepts_batch_size_one_and_rejects_zero_itself(cpu):
+    """batch_size 1 is valid; 0 is refused by make_loader's own check on every path."""
+    assert _order(make_loader(_numbered(3), 1, cpu)) == [0, 1, 2]
+    assert len(make_loader(_plain(3), 1, cpu)) == 3
+    for ds in (_numbered(3), _plain(3)):
+        with pytest.raises(ValueError, match="batch_size must be positive, got 0"):
+            make_loader(ds, 0, cpu)
+
+
+def test_make_loader_shards_across_processes(cpu):
+    """With an active Dist: ordered loaders take every world_size-th example from the rank;
+    shuffled ones this rank's part of a DistributedSampler seeded with `seed` (0 included).
+    Only TensorDatasets can be sharded."""
+    from torch.utils.data import DistributedSampler
+
+    from tl_course.distributed import Dist
+
+    d = Dist(rank=1, world_size=2)
+    assert _order(make_loader(_numbered(9), 2, cpu, dist=d)) == [1, 3, 5, 7]
+    for seed in (0, 5):
+        sampler = DistributedSampler(_numbered(9), 2, 1, shuffle=True, seed=seed)
+        sampler.set_epoch(0)
+        got = _order(make_loader(_numbered(9), 2, cpu, shuffle=True, seed=seed, dist=d))
+        assert got == list(sampler)
+    with pytest.raises(ValueError, match="shards only in-memory TensorDatasets"):
+        make_loader(_plain(9), 2, cpu, dist=d)
+    # An inactive Dist (one process) changes nothing.
+    assert _order(make_loader(_plain(5), 2, cpu, dist=Dist())) == [0, 1, 2, 3, 4]
+
+
+def test_make_loader_gives_a_pinned_dataloader_when_data_does_not_fit_the_gpu(monkeypatch):
+    """Tensors bigger than the GPU's share get a DataLoader with the CUDA loader settings
+    (pinned memory, workers). The GPU is faked: only its free-memory report is needed."""
+    from torch.utils.data import DataLoader
+
+    from tl_course.device import loader_kwargs
+
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (100, 1000))  # 100 bytes free
+    loader = make_loader(_numbered(50), 8, cuda, shuffle=True, seed=1)
+    assert isinstance(loader, DataLoader)
+    expect = loader_kwargs(cuda)
+    assert loader.pin_memory is True and loader.num_workers == expect["num_workers"]

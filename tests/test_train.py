@@ -4,6 +4,7 @@ import math
 import os
 import pickle
 import time
+import warnings
 
 import pytest
 import torch
@@ -879,3 +880,10 @@ def test_load_checkpoint_runs_no_pickled_code_even_where_torch_would(tmp_path, m
     with pytest.raises(pickle.UnpicklingError):
         load_checkpoint(_small_mlp(), tmp_path / "evil.pt")
     assert _UNPICKLED == []
+
+
+def test_a_plain_fit_warns_nothing(cpu):
+    """The restore_best notice is for restore_best only: a plain run stays quiet."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit(_linear(), _linear_batches(2), epochs=1, device=cpu, progress=False)
