@@ -225,6 +225,7 @@ def claims_nb(tmp_path_factory):
     return tmp, _notebook(tmp / "nb.ipynb", *CLAIMS_NB)
 
 
+@pytest.mark.integration
 def test_strict_fails_naming_the_claim_in_cpu(claims_nb):
     tmp, nb = claims_nb
     out_dir = tmp / "cpu"
@@ -245,6 +246,7 @@ def test_strict_fails_naming_the_claim_in_cpu(claims_nb):
                                   for o in c.get("outputs", []))
 
 
+@pytest.mark.integration
 def test_without_strict_a_failed_claim_is_reported_not_fatal(claims_nb):
     tmp, nb = claims_nb
     code, out, err = _run(tmp, ["run", str(nb), "--profile", "cpu", "--out", str(tmp / "lax")])
@@ -252,6 +254,7 @@ def test_without_strict_a_failed_claim_is_reported_not_fatal(claims_nb):
     assert "claim failed: false_one" in out
 
 
+@pytest.mark.integration
 def test_strict_smoke_never_fails(claims_nb):
     tmp, nb = claims_nb
     code, out, err = _run(tmp, ["run", str(nb), "--profile", "smoke", "--strict",
@@ -261,6 +264,7 @@ def test_strict_smoke_never_fails(claims_nb):
     assert card["seed"] == 0  # default seed, recorded
 
 
+@pytest.mark.integration
 def test_bad_seed_is_one_line(claims_nb, one_error_line):
     tmp, nb = claims_nb
     code, _, err = _run(tmp, ["run", str(nb), "--seed", "-2", "--out", str(tmp / "x")])

@@ -268,6 +268,7 @@ def test_failed_run_card(failed_run):
 # ----------------------------------------------------------------- the installed console script
 
 
+@pytest.mark.integration
 def test_console_script_bad_profile(tmp_path):
     script = Path(sys.executable).parent / "tl-course"
     assert script.exists(), "the package's console script is not installed"

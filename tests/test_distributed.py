@@ -175,6 +175,7 @@ def two_processes(tmp_path_factory):
     return {"tmp": tmp, "folder": folder, "ranks": ranks, "cli": cli}
 
 
+@pytest.mark.integration
 def test_every_rank_ends_with_identical_parameters(two_processes):
     a, b = (r["state"] for r in two_processes["ranks"])
     assert a.keys() == b.keys()
@@ -182,6 +183,7 @@ def test_every_rank_ends_with_identical_parameters(two_processes):
         assert torch.equal(a[k], b[k]), k
 
 
+@pytest.mark.integration
 def test_training_shards_are_disjoint_and_cover_the_set_every_epoch(two_processes):
     r0, r1 = (r["order"] for r in two_processes["ranks"])
     for e in range(W.EPOCHS):
@@ -190,6 +192,7 @@ def test_training_shards_are_disjoint_and_cover_the_set_every_epoch(two_processe
     assert two_processes["ranks"][0]["passes"] == W.EPOCHS  # one set_epoch per epoch
 
 
+@pytest.mark.integration
 def test_ddp_matches_one_process_on_the_same_global_batches(two_processes):
     """Plain PyTorch, one process, batches = rank 0's batch + rank 1's batch, same order:
     DDP's averaged gradients must give the same parameters, to float precision."""
@@ -216,6 +219,7 @@ def test_ddp_matches_one_process_on_the_same_global_batches(two_processes):
     assert ddp["history"]["train_loss"] == pytest.approx(losses, abs=1e-5)
 
 
+@pytest.mark.integration
 def test_sharded_evaluation_counts_every_example_once(two_processes):
     """37 validation examples on 2 processes: 19 + 18, summed, equals one process."""
     _, val = W.toy_data()
@@ -226,6 +230,7 @@ def test_sharded_evaluation_counts_every_example_once(two_processes):
         assert r["val"] == pytest.approx(whole, abs=1e-6)
 
 
+@pytest.mark.integration
 def test_only_rank_0_writes_the_capstone_export(two_processes):
     tmp = two_processes["tmp"]
     assert not (tmp / "capstone-rank1").exists()
@@ -238,6 +243,7 @@ def test_only_rank_0_writes_the_capstone_export(two_processes):
     assert m0["val_images"] == sum(map(sum, m0["confusion_matrix"])) == len(split["valid"])
 
 
+@pytest.mark.integration
 def test_the_cli_under_torchrun_repeats_the_same_seed_exactly(two_processes):
     """Worker and CLI: two launches, same folder and seed: the same weights, bit for bit,
     and one export in the single-process format that predicts."""

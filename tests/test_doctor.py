@@ -6,6 +6,8 @@ import subprocess
 import sys
 from importlib import metadata
 
+import pytest
+
 import tl_course.doctor as doctor
 from tl_course.cli import main
 
@@ -54,6 +56,7 @@ def test_report_counts_missing_caches_with_fetch_commands(capsys, data_root):
     assert out.strip().splitlines()[-1].endswith("problem(s)")
 
 
+@pytest.mark.integration
 def test_console_script_names_out_of_range_versions_when_the_course_cannot_import(
         monkeypatch, capsys):
     """A broken environment (here: importing the CLI fails, torch reported as 2.1.2) gets the

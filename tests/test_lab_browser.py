@@ -144,6 +144,7 @@ def notebooks_unchanged():
     assert not changed, f"the browser test modified {changed}"
 
 
+@pytest.mark.integration
 def test_lab_runs_notebook_01(lab, browser, notebooks_unchanged):
     notebook = "notebooks/01_neural_network_basics.ipynb"
     page, state = run_notebook(browser, lab, notebook)
@@ -158,6 +159,7 @@ def test_lab_runs_notebook_01(lab, browser, notebooks_unchanged):
         page.close()
 
 
+@pytest.mark.integration
 def test_lab_runs_notebook_03_with_widget(lab, browser, notebooks_unchanged):
     notebook = "notebooks/03_fine_tuning.ipynb"
     page, state = run_notebook(browser, lab, notebook)

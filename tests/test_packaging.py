@@ -6,6 +6,7 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 if sys.version_info >= (3, 11):
@@ -94,6 +95,7 @@ def test_python_floor_matches():
     assert "python>=3.10" in env["dependencies"]
 
 
+@pytest.mark.integration
 def test_wheel_ships_the_reference_results(tmp_path):
     """Colab installs from a git URL (a wheel): failed claims quote the benchmark's results,
     so the JSON must be package data, not only present in a checkout."""
