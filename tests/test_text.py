@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import math
+import os
 import statistics
 import sys
 
@@ -301,6 +302,22 @@ def test_leak_by_relatives_scores_the_two_parts_on_labels_efficiencys_words():
     assert same == drawn  # the same episodes as the label-efficiency table
 
 
+def test_probe_ties_on_validation_go_to_the_strongest_regularisation():
+    x, y = _toy(n=80, d=3, seed=5)
+    x[:, 0] = 20 * (2 * y - 1)  # every C separates the validation words perfectly
+    res = probes.vector_probe(x, y, np.arange(40), np.arange(40, 60), np.arange(60, 80),
+                              cs=(0.5, 1.0, 2.0))
+    assert res.val == 1.0 and res.c == 0.5  # the first C of the grid wins the tie
+
+
+def test_mean_interval_is_a_normal_interval_with_the_sample_std():
+    values = [0.6, 0.7, 0.65, 0.9]
+    mean, half = probes.mean_interval(values)
+    assert mean == pytest.approx(statistics.mean(values))
+    assert half == pytest.approx(1.96 * statistics.stdev(values) / math.sqrt(4))
+    assert probes.mean_interval([0.8]) == (0.8, 0.0)
+
+
 # ----------------------------------------------------------------------------- fine-tuning
 
 
@@ -445,6 +462,20 @@ def test_permutation_p_matches_brute_force_and_really_permutes():
     assert weat.permutation_p(far_y, far_x, a, b) == pytest.approx(1.0)
 
 
+def test_sampled_permutation_p_counts_the_observed_partition():
+    """10 + 10 words: C(20, 10) = 184,756 partitions, above exact_limit, so p is sampled.
+    Perfectly separated sets: no sampled partition (bar, rarely, the observed one) reaches
+    the observed statistic, so p = (1 + 0) / (1 + n_permutations), never 0."""
+    x, y, a, b = _sets(7, shift=50.0, n=10)
+    cos = lambda u, v: (u / np.linalg.norm(u, axis=1, keepdims=True)) @ (
+        v / np.linalg.norm(v, axis=1, keepdims=True)).T
+    s = lambda w: cos(w, a).mean(1) - cos(w, b).mean(1)
+    assert s(x).min() > s(y).max()  # separated
+    assert math.comb(20, 10) > 100_000
+    assert weat.permutation_p(x, y, a, b, n_permutations=200) == pytest.approx(1 / 201)
+    assert weat.permutation_p(y, x, a, b, n_permutations=200) == pytest.approx(1.0)
+
+
 def test_bootstrap_interval_resamples_words():
     x, y, a, b = _sets(6, shift=0.5, n=8)
     d = weat.effect_size(x, y, a, b)
@@ -464,6 +495,20 @@ def test_bootstrap_interval_resamples_words():
     assert r.d == pytest.approx(d) and r.low < r.d < r.high and 0 < r.p < 1
 
 
+def test_bootstrap_interval_resamples_all_four_word_sets():
+    """The same draws as the function (per replicate: X's words, Y's, A's, B's), each
+    replicate's d from the paper's formula: the interval is their percentiles."""
+    x, y, a, b = _sets(8, shift=0.4, n=5)
+    lo, hi = weat.bootstrap_interval(x, y, a, b, n_boot=60, level=0.9, seed=3)
+    rng = np.random.default_rng(3)
+    ds = []
+    for _ in range(60):
+        ix, iy = rng.integers(0, 5, 5), rng.integers(0, 5, 5)
+        ia, ib = rng.integers(0, len(a), len(a)), rng.integers(0, len(b), len(b))
+        ds.append(_paper_d(x[ix], y[iy], a[ia], b[ib]))
+    assert (lo, hi) == pytest.approx(tuple(np.percentile(ds, [5, 95])), rel=1e-9)
+
+
 # ----------------------------------------------------------------------------- names
 
 
@@ -478,6 +523,17 @@ def test_group_gap_permutation_p():
     assert g.p == pytest.approx(exact, abs=0.01)
     same = names.group_gap(np.array([0.1, 0.9, 0.5, 0.4]), np.array([0.2, 0.8, 0.6, 0.3]))
     assert same.p > 0.5
+
+
+def test_group_gap_p_is_two_sided_and_counts_the_observed_labelling():
+    """Two separated groups of 10: among C(20, 10) labellings only the observed one and
+    its mirror reach the gap, so 100 random relabellings (almost surely) find neither:
+    p = (1 + 0) / (1 + 100), the same whichever group comes first."""
+    a, b = np.linspace(0.6, 0.9, 10), np.linspace(0.1, 0.4, 10)
+    for first, second in [(a, b), (b, a)]:
+        g = names.group_gap(first, second, n_permutations=100, seed=0)
+        assert g.p == pytest.approx(1 / 101)
+    assert names.group_gap(b, a).gap == pytest.approx(b.mean() - a.mean())
 
 
 def test_regression_separates_group_from_frequency():
@@ -575,6 +631,47 @@ def test_halves_are_disjoint_and_cover():
     assert abs(len(est) - len(held)) <= 1
 
 
+def _synthetic_bias_setup(seed=0):
+    """Tiny vectors: sentiment words along axis 0, two name lists apart along axis 1."""
+    rng = np.random.default_rng(seed)
+    d, n_words = 5, 40
+    labels = np.array([0, 1] * (n_words // 2))
+    words = rng.standard_normal((n_words, d)) + 2.0 * np.outer(2 * labels - 1, np.eye(d)[0])
+    va = rng.standard_normal((8, d)) + np.eye(d)[1] + 0.5 * np.eye(d)[0]
+    vb = rng.standard_normal((8, d)) - np.eye(d)[1]
+    pa = rng.standard_normal((4, d)) + 1.5 * np.eye(d)[0] + 0.5 * np.eye(d)[1]
+    pu = rng.standard_normal((4, d)) - 1.5 * np.eye(d)[0]
+    names_a, names_b = [f"a{i}" for i in range(8)], [f"b{i}" for i in range(8)]
+    vocab = ([f"w{i}" for i in range(n_words)] + names_a + names_b
+             + [f"p{i}" for i in range(4)] + [f"u{i}" for i in range(4)])
+    vec = loaders.WordVectors(np.vstack([words, va, vb, pa, pu]), vocab)
+    target = loaders.SentimentWords(vocab[:n_words], labels, 2.0 * (2 * labels - 1))
+    sp = splits.WordSplit(np.arange(24), np.zeros(0, np.int64), np.arange(24, 40), "family")
+    return vec, target, sp, names_a, names_b, vocab[-8:-4], vocab[-4:], (va, vb, pa, pu)
+
+
+def test_mitigation_direction_comes_from_the_estimation_half_only():
+    """One halving, redone by hand: halves drawn as documented (a permutation, the first
+    n // 2 estimate), the direction from the estimation names, every vector projected,
+    WEAT from the paper's formula on held-out and estimation names."""
+    vec, target, sp, names_a, names_b, pleasant, unpleasant, (va, vb, pa, pu) = (
+        _synthetic_bias_setup())
+    m = mitigation.evaluate_projection(vec, target, sp, names_a, names_b, pleasant,
+                                       unpleasant, repeats=1, seed=5)
+    row = dict(zip(mitigation.PER_HALVING, m.per_halving[0], strict=True))
+    rng = np.random.default_rng(5)
+    (ea, ha), (eb, hb) = [(np.sort(o[:4]), np.sort(o[4:]))
+                          for o in (rng.permutation(8), rng.permutation(8))]
+    u = va[ea].mean(0) - vb[eb].mean(0)
+    u /= np.linalg.norm(u)
+    proj = lambda m_: m_ - np.outer(m_ @ u, u)
+    assert row["weat_held_before"] == pytest.approx(_paper_d(va[ha], vb[hb], pa, pu))
+    assert row["weat_held_after"] == pytest.approx(
+        _paper_d(proj(va[ha]), proj(vb[hb]), proj(pa), proj(pu)))
+    assert row["weat_in_after"] == pytest.approx(
+        _paper_d(proj(va[ea]), proj(vb[eb]), proj(pa), proj(pu)))
+
+
 @needs_glove
 def test_mitigation_in_sample_looks_better_than_held_out(glove, lexicon_words):
     sp = splits.family_split(splits.stems(lexicon_words.words), seed=0)
@@ -617,6 +714,14 @@ def test_sentence_shares_add_up_to_the_probe_of_the_mean():
     assert s.probability == pytest.approx(float(model.predict_proba(mean[None])[0, 1]))
     assert "not in GloVe" in sentences.table(s)
     assert sentences.explain("zzz qqq", vec, model).logit is None
+
+
+def test_a_repeated_word_counts_once_per_occurrence():
+    vec = _tiny_vectors()
+    model = probes.fit_probe(vec.rows(["good", "great", "bad", "awful"]), np.array([1, 1, 0, 0]))
+    s = sentences.explain("good good bad", vec, model)
+    mean = vec.rows(["good", "good", "bad"]).mean(0)
+    assert s.logit == pytest.approx(float(model.decision_function(mean[None])[0]), rel=1e-6)
 
 
 def test_tokenizer_splits_contractions_like_glove():
@@ -662,8 +767,11 @@ def test_doctor_says_what_notebook_09_needs(monkeypatch):
 
 
 def test_nbval_skips_notebook_09_only_below_python_311():
-    spec = importlib.util.spec_from_file_location(
-        "notebooks_conftest", __file__.rsplit("/tests/", 1)[0] + "/notebooks/conftest.py")
+    notebooks = __file__.rsplit("/tests/", 1)[0] + "/notebooks"
+    if not os.path.isdir(notebooks):  # a copy of tests/ alone (mutants.py)
+        pytest.skip("no notebooks/ folder next to tests/")
+    spec = importlib.util.spec_from_file_location("notebooks_conftest",
+                                                  notebooks + "/conftest.py")
     conf = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(conf)
     assert "Python >= 3.11" in conf.skip_reason("09_transfer_in_text.ipynb", (3, 10))
