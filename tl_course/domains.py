@@ -24,6 +24,7 @@ import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -87,8 +88,11 @@ def _resize_pad(x: torch.Tensor, box: int = 20) -> torch.Tensor:
     """Resize digits that fill their frame to a `box` square centred in 28x28, like MNIST."""
     x = torch.nn.functional.interpolate(x, size=(box, box), mode="bilinear",
                                         align_corners=False)
-    pad = (28 - box) // 2
-    return torch.nn.functional.pad(x, (pad, pad, pad, pad)).clamp_(0.0, 1.0)
+    if not 1 <= box <= 28:
+        raise ValueError(f"box must be between 1 and 28 pixels, got {box}")
+    before = (28 - box) // 2  # an odd margin puts its extra pixel after (right, bottom)
+    after = 28 - box - before
+    return torch.nn.functional.pad(x, (before, after, before, after)).clamp_(0.0, 1.0)
 
 
 # --------------------------------------------------------------------------- MNIST-M
@@ -251,6 +255,17 @@ def _need(name: str, root: Path, profile: Profile, cached: Callable[[Path], bool
     )
 
 
+def _read(name: str, folder: Path, read: Callable[[], Any]) -> Any:
+    """torchvision's reader of a cached dataset; damaged files get one clear error."""
+    try:
+        return read()
+    except Exception as exc:  # bz2 / .mat readers raise many kinds on a truncated file
+        raise DataUnavailableError(
+            f"The {name.upper()} files in {folder} cannot be read ({type(exc).__name__}: "
+            f"{exc}). Delete that folder and run `{fetch_command(name)}` again."
+        ) from exc
+
+
 def load_usps(profile: Profile, root: Path | None = None) -> DigitsData:
     """USPS as 3-channel 28x28 digits (16x16 resized to a 20x20 box, like MNIST's framing)."""
     from torchvision.datasets import USPS
@@ -259,7 +274,8 @@ def load_usps(profile: Profile, root: Path | None = None) -> DigitsData:
     _need("usps", root, profile, usps_cached, fetch_usps)
     parts = []
     for train in (True, False):
-        ds = USPS(str(root / "usps"), train=train, download=False)
+        ds = _read("usps", root / "usps",
+                   lambda train=train: USPS(str(root / "usps"), train=train, download=False))
         x = torch.as_tensor(np.asarray(ds.data), dtype=torch.float32).unsqueeze(1) / 255.0
         parts.append(to_rgb(TensorDataset(_resize_pad(x), torch.as_tensor(ds.targets).long())))
     return DigitsData("usps", _data.subset(parts[0], profile.train_size, seed=1),
@@ -274,7 +290,8 @@ def load_svhn(profile: Profile, root: Path | None = None) -> DigitsData:
     _need("svhn", root, profile, svhn_cached, fetch_svhn)
     parts = []
     for split in ("train", "test"):
-        ds = SVHN(str(root / "svhn"), split=split, download=False)
+        ds = _read("svhn", root / "svhn",
+                   lambda split=split: SVHN(str(root / "svhn"), split=split, download=False))
         x = torch.as_tensor(ds.data, dtype=torch.float32) / 255.0
         x = torch.nn.functional.interpolate(x, size=(28, 28), mode="bilinear",
                                             align_corners=False, antialias=True)
