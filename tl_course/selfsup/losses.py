@@ -42,6 +42,9 @@ def rotate_batch(x: torch.Tensor, quarter_turns: torch.Tensor) -> torch.Tensor:
     if quarter_turns.shape != (x.shape[0],):
         raise ValueError(f"need one rotation per image: {x.shape[0]} images, "
                          f"{tuple(quarter_turns.shape)} rotations")
+    if quarter_turns.numel() and not bool(((quarter_turns >= 0) & (quarter_turns <= 3)).all()):
+        # anything else would leave its image as uninitialised memory below
+        raise ValueError(f"quarter turns must be 0, 1, 2 or 3; got {quarter_turns.tolist()}")
     out = torch.empty_like(x)
     for k in range(4):
         idx = quarter_turns == k
