@@ -308,16 +308,8 @@ def test_tune_scratch_lr_picks_the_best_on_validation(cpu, monkeypatch):
 
     target = _separable_digits(30, 30)
     # Fake training: the "model" of lr 3e-3 reads the class off the image, the others never.
-    class Reader(torch.nn.Module):
-        def __init__(self, right: bool):
-            super().__init__()
-            self.right = right
-
-        def forward(self, x):
-            return torch.nn.functional.one_hot(_row_class(x, self.right), 5).float()
-
     def fake_train(train, device, steps, seed, lr):
-        return Reader(lr == 3e-3)
+        return _Reader(lr == 3e-3)
 
     monkeypatch.setattr(transfer, "train_scratch", fake_train)
     best, scores = transfer.tune_scratch_lr(target.train, target.test, cpu, steps=1,
@@ -330,6 +322,18 @@ def _row_class(x: torch.Tensor, right: bool) -> torch.Tensor:
     if not right:
         return torch.full((len(x),), 4, dtype=torch.long)
     return ((x[:, 0, :, 0].argmax(1) - 2) // 4).clamp(0, 4)
+
+
+class _Reader(torch.nn.Module):
+    """A fake trained model: reads the class off the image (right) or a wrong one."""
+
+    def __init__(self, right: bool):
+        super().__init__()
+        self.right = right
+
+    def forward(self, x):
+        return torch.nn.functional.one_hot(_row_class(x, self.right), 5).float()
+
 
 
 def test_train_finetune_decay_sets_uniform_or_discriminative_rates(cpu, monkeypatch):
@@ -672,17 +676,9 @@ def test_tune_scratch_lr_averages_validation_accuracy_over_seeds(cpu, monkeypatc
     target = _separable_digits(30, 30)
     calls = []
 
-    class Reader(torch.nn.Module):
-        def __init__(self, right: bool):
-            super().__init__()
-            self.right = right
-
-        def forward(self, x):
-            return torch.nn.functional.one_hot(_row_class(x, self.right), 5).float()
-
     def fake_train(train, device, steps, seed, lr):
         calls.append((train, device, steps, seed, lr))
-        return Reader(seed == 0)  # seed 0 trains well, seed 1 does not
+        return _Reader(seed == 0)  # seed 0 trains well, seed 1 does not
 
     monkeypatch.setattr(transfer, "train_scratch", fake_train)
     _, scores = transfer.tune_scratch_lr(target.train, target.test, cpu, steps=7, lrs=(1e-3,),
