@@ -592,6 +592,37 @@ def test_train_episodes_train_a_fresh_model_per_episode_with_its_own_seed():
     assert got == pytest.approx(want)
 
 
+def test_train_episodes_draw_each_fresh_model_from_its_episode_seed():
+    """A make_model() that draws from the global generator (a fresh head) gets episode e's
+    seed: the accuracies do not depend on what ran before, and equal a bare loop that
+    seeds e, builds the model, then trains it with seed e. Two sources are so paired."""
+    x, y = _few(60, 2)
+    y = torch.arange(60) % 3
+    xt, yt = _few(300, 3)
+    draws = ss.episode_indices(y, 8, 3)
+
+    def fresh():
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 8),
+                                   torch.nn.BatchNorm1d(8), torch.nn.ReLU(),
+                                   torch.nn.Linear(8, 3))
+
+    kw = dict(steps=2, lr=0.05, views=None)
+    torch.manual_seed(11)
+    first = ss.train_episodes(fresh, TensorDataset(x, y), TensorDataset(xt, yt), draws, CPU,
+                              **kw)
+    torch.manual_seed(12)
+    second = ss.train_episodes(fresh, TensorDataset(x, y), TensorDataset(xt, yt), draws, CPU,
+                               **kw)
+    want = []
+    for e, i in enumerate(draws):
+        torch.manual_seed(e)
+        want.append(reference_accuracy(reference_train_few(fresh(), x[i], y[i], seed=e, **kw),
+                                       xt, yt))
+    assert first == second
+    assert first == pytest.approx(want)
+    assert len(set(first)) > 1  # the episodes differ, so the check compares something
+
+
 def test_augmented_step_trains_on_a_fresh_view_and_reports_accuracy():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))

@@ -3,6 +3,7 @@ independent references and known values; the source ladder's transforms and its 
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -850,6 +851,20 @@ def _faint_target(n_per_class: int, seed: int) -> TensorDataset:
     return TensorDataset(x, y)
 
 
+def test_measure_ladder_pairs_the_fine_tuning_of_identical_sources():
+    """Two copies of one source fine-tune to the same accuracies: each episode's fresh head
+    and batches come from the episode's seed, so sources differ only by their weights."""
+    from tl_course.transferability import measure_ladder
+
+    pool, test = _faint_target(6, 0), _faint_target(10, 1)
+    source = new_encoder(5, 0).eval()
+    models = {"a": source, "b": copy.deepcopy(source)}
+    res, _ = measure_ladder(models, pool, test, CPU, ks=(1,), probe_draws=1, finetune_k=2,
+                            budgets=(2,), finetune_draws=3)
+    assert res.finetune["a"] == res.finetune["b"]
+    assert res.probe["a"] == res.probe["b"]
+
+
 @pytest.mark.parametrize("seed", [None, 3], ids=["default seed", "seed 3"])
 def test_measure_ladder_reproduces_probes_and_fine_tuning_from_the_building_blocks(
         seed, monkeypatch):
@@ -863,9 +878,9 @@ def test_measure_ladder_reproduces_probes_and_fine_tuning_from_the_building_bloc
     kw = dict(ks=(1, 3), probe_draws=2, finetune_k=2, budgets=(1, 4), finetune_draws=2)
     seed_kw = {} if seed is None else {"seed": seed}
     monkeypatch.setattr(evaluate, "time", _FakeClock(0.5))
-    torch.manual_seed(123)  # fresh heads draw from the global generator
+    torch.manual_seed(123)  # fresh heads come from each episode's seed, not from here
     res, _ = measure_ladder(models, pool, test, CPU, **kw, **seed_kw)
-    torch.manual_seed(123)
+    torch.manual_seed(7)
     probe, finetune = _reference_ladder(models, pool, test, **kw, lr=3e-3,
                                         seed=0 if seed is None else seed)
     assert res.probe == probe

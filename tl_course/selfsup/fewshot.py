@@ -101,10 +101,15 @@ def accuracy_on(model: nn.Module, test: TensorDataset, device: torch.device) -> 
 def train_episodes(make_model: Callable[[], nn.Module], pool: TensorDataset,
                    test: TensorDataset, draws: Sequence[torch.Tensor], device: torch.device,
                    **train_kwargs: Any) -> list[float]:
-    """Train a fresh `make_model()` on each episode's images; test accuracy per episode."""
+    """Train a fresh `make_model()` on each episode's images; test accuracy per episode.
+
+    Episode e builds its model and trains it with seed e: two models compared on the same
+    draws (two sources, or pretrained against scratch) get the same fresh head's weights
+    and the same batches, so the comparison is paired."""
     x, y = pool.tensors
     accs = []
     for e, idx in enumerate(draws):
+        seed_everything(e)  # the fresh head (or scratch network) is drawn here
         model = train_few(make_model(), TensorDataset(x[idx], y[idx]), device, seed=e,
                           **train_kwargs)
         accs.append(accuracy_on(model, test, device))
