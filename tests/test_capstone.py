@@ -204,6 +204,20 @@ def test_scan_finds_exactly_the_readable_images_with_labels(messy):
     assert scan.counts() == {"apples": len(messy["good_a"]), "bananas": len(messy["good_b"])}
 
 
+def test_each_images_class_name_is_its_folder_whatever_the_case(tmp_path):
+    """Class folders named with and without capitals: the classes are the folder names in
+    sorted order (as torchvision's ImageFolder), and every image's label names its folder."""
+    root = tmp_path / "cased"
+    names = ("apple", "Zebra", "mango", "Banana")
+    for name in names:
+        for i in range(2):
+            _save(Image.new("RGB", (8, 8), (40 * i, 0, 0)), root / name / f"{i}.png")
+    scan = scan_folder(root)
+    assert scan.classes == sorted(names) == ["Banana", "Zebra", "apple", "mango"]
+    assert [scan.classes[label] for label in scan.labels] == [p.parent.name for p in scan.paths]
+    assert len(scan.paths) == 2 * len(names)
+
+
 def test_truncated_jpeg_is_skipped_and_listed(messy):
     """A truncated JPEG is skipped with a reason, not raised, and named in the summary."""
     scan = scan_folder(messy["root"])
@@ -457,6 +471,21 @@ def test_top_losses_highest_cross_entropy_first():
     assert top_losses(logits, labels, n=50).tolist() == order
 
 
+def test_gather_logits_puts_every_shard_back_at_its_indices(monkeypatch):
+    """Three processes' (indices, logits), strided as the evaluation shards are: row i of
+    the result is example i's logits. A shard given twice, or missing, is refused. The
+    all-gather is stood in for (it returns the processes' pairs in rank order)."""
+    n = 8
+    whole = torch.arange(n * 2, dtype=torch.float32).view(n, 2)
+    parts = [(list(range(r, n, 3)), whole[r::3]) for r in range(3)]
+    monkeypatch.setattr(training, "gather_objects", lambda obj, d: parts)
+    assert torch.equal(training.gather_logits(*parts[0], n), whole)
+    for broken in ([*parts, parts[1]], parts[:2]):
+        monkeypatch.setattr(training, "gather_objects", lambda obj, d, b=broken: b)
+        with pytest.raises(RuntimeError, match="exactly once"):
+            training.gather_logits(*parts[0], n)
+
+
 # ----------------------------------------------------------------- 6. export round trip
 
 
@@ -563,6 +592,21 @@ def test_exported_tensor_matches_independent_preprocessing(trained):
     raw = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0).permute(2, 0, 1)
     expected = (raw - 0.5) / torch.tensor([0.25, 0.5, 1.0]).view(3, 1, 1)
     assert torch.allclose(to_tensor(load_rgb(path), prep), expected)
+
+
+def test_to_tensor_keeps_rows_columns_and_channels_in_place():
+    """A red top-right corner and a blue bottom band: channel 0 is red, rows stay rows and
+    columns stay columns (HWC -> CHW), then (x - mean) / std per channel."""
+    img = Image.new("RGB", (8, 8), (0, 0, 0))
+    img.paste((255, 0, 0), (4, 0, 8, 4))  # (left, upper, right, lower): rows 0-3, columns 4-7
+    img.paste((0, 0, 255), (0, 6, 8, 8))  # rows 6-7, every column
+    mean, std = [0.5, 0.0, 0.25], [0.5, 1.0, 0.25]
+    raw = torch.zeros(3, 8, 8)
+    raw[0, 0:4, 4:8] = 1.0
+    raw[2, 6:8, :] = 1.0
+    expected = (raw - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    prep = {"channels": 3, "image_size": 8, "mean": mean, "std": std}
+    assert torch.allclose(to_tensor(img, prep), expected)
 
 
 def test_predict_images_top_k_sorted_and_clipped(trained):

@@ -59,6 +59,54 @@ def test_init_with_half_a_torchrun_environment_says_what_is_missing():
                                 "MASTER_PORT": "29500"})
 
 
+def test_init_from_env_takes_the_gpu_of_local_rank_and_nccl(monkeypatch):
+    """Second machine of two, its second GPU (RANK 3, LOCAL_RANK 1): cuda:1 with NCCL, and
+    the group joined as rank 3 of 4. The GPUs and the process group are stood in for."""
+    import torch.distributed as tdist
+
+    calls = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda dev: calls.setdefault("gpu", dev))
+    monkeypatch.setattr(tdist, "is_initialized", lambda: False)
+    monkeypatch.setattr(tdist, "init_process_group", lambda **kw: calls.setdefault("group", kw))
+    env = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "node0",
+           "MASTER_PORT": "29500"}
+    d = init_from_env(env=env)
+    assert d.device == torch.device("cuda", 1)
+    assert (d.rank, d.world_size, d.local_rank, d.backend) == (3, 4, 1, "nccl")
+    assert calls == {"gpu": torch.device("cuda", 1),
+                     "group": {"backend": "nccl", "rank": 3, "world_size": 4}}
+
+
+def test_only_global_rank_0_is_main_on_several_machines():
+    """Two machines of two processes: each has a LOCAL_RANK 0, but rank 0 alone prints and
+    saves."""
+    ranks = [Dist(rank=r, world_size=4, local_rank=r % 2) for r in range(4)]
+    assert [d.is_main for d in ranks] == [True, False, False, False]
+
+
+def test_all_reduce_sum_adds_every_process_tensor_in_place(monkeypatch):
+    """Rank 1 of 2: all_reduce_sum leaves the sum of both processes' tensors in the tensor
+    it was given and returns it. The collective is stood in for (it applies `op` to this
+    process's tensor and the peer's, as gloo and NCCL do)."""
+    import torch.distributed as tdist
+
+    peer = torch.tensor([10.0, 20.0, 30.0])
+    ops = {tdist.ReduceOp.SUM: torch.add, tdist.ReduceOp.PRODUCT: torch.mul,
+           tdist.ReduceOp.MAX: torch.maximum, tdist.ReduceOp.MIN: torch.minimum,
+           tdist.ReduceOp.AVG: lambda a, b: (a + b) / 2}
+
+    def all_reduce(t, op=tdist.ReduceOp.SUM, group=None, async_op=False):
+        t.copy_(ops[op](t, peer))
+
+    monkeypatch.setattr(tdist, "all_reduce", all_reduce)
+    mine = torch.tensor([1.0, 2.0, 3.0])
+    out = Dist(rank=1, world_size=2).all_reduce_sum(mine)
+    assert out is mine
+    assert torch.equal(mine, torch.tensor([11.0, 22.0, 33.0]))
+
+
 @pytest.mark.parametrize("shuffle", [True, False])
 @pytest.mark.parametrize("drop_last", [True, False])
 def test_tensor_loader_gives_a_dataloaders_batches_draw_for_draw(shuffle, drop_last):
