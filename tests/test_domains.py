@@ -674,3 +674,53 @@ def test_damaged_cache_files_get_one_error_naming_the_fix(tmp_path, monkeypatch,
     with pytest.raises(DataUnavailableError,
                        match=f"{name.upper()} files in {where} cannot .*fetch {name}"):
         load(SMOKE, root=tmp_path)
+
+
+def test_load_photos_needs_photos_strictly_larger_than_a_crop(monkeypatch):
+    """A photo is kept only when both sides are larger than 28 pixels: one exactly as tall or
+    as wide as the 28x28 crop is skipped like a grey one, and 29x29 is enough."""
+    import skimage.data
+
+    rng = np.random.default_rng(0)
+    sizes = {"t_tall": (28, 40), "t_wide": (40, 28), "t_edge": (28, 28), "t_ok": (29, 29)}
+    imgs = {name: rng.integers(0, 256, (*hw, 3), dtype=np.uint8) for name, hw in sizes.items()}
+    for name, img in imgs.items():
+        monkeypatch.setattr(skimage.data, name, lambda img=img: img, raising=False)
+    with pytest.raises(DataUnavailableError, match="scikit-image"):
+        load_photos(("t_tall", "t_wide", "t_edge"))
+    [photo] = load_photos(("t_tall", "t_ok", "t_wide", "t_edge"))
+    assert np.array_equal(photo, imgs["t_ok"])
+
+
+@pytest.mark.parametrize("name", ["usps", "svhn"])
+def test_usps_and_svhn_images_are_float32_whatever_torch_default_dtype(
+        data_root, server, monkeypatch, name):
+    """Like MNIST-M (uint8 / 255 as float), USPS and SVHN images come out float32 even when
+    torch's default dtype is float64, with the same values as under the float32 default."""
+    from torchvision.datasets import SVHN, USPS
+
+    _forbid_network(monkeypatch)
+    cls, make, files, reference, load = {
+        "usps": (USPS, _usps_file, ("usps.bz2", "usps.t.bz2"), _usps_reference,
+                 domains.load_usps),
+        "svhn": (SVHN, _svhn_file, ("train_32x32.mat", "test_32x32.mat"), _svhn_reference,
+                 domains.load_svhn),
+    }[name]
+    (data_root / name).mkdir()
+    want = []
+    for split, filename, n, seed in (("train", files[0], 4, 0), ("test", files[1], 3, 1)):
+        blob, x, _ = make(n, seed)
+        server.serve(cls, split, blob)
+        (data_root / name / filename).write_bytes(blob)
+        want.append(reference(x))
+    tiny = dataclasses.replace(SMOKE, train_size=4, test_size=3)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        got = load(tiny, root=data_root)
+    finally:
+        torch.set_default_dtype(default)
+    for ds, ref in ((got.train, want[0]), (got.test, want[1])):  # sizes cap nothing: in order
+        x = ds.tensors[0]
+        assert x.dtype == torch.float32
+        np.testing.assert_allclose(x.numpy(), ref, atol=1e-4)

@@ -38,7 +38,8 @@ def load_rgb(path: str | os.PathLike):
             wide = np.asarray(img, dtype=np.float64)
             top = 65535.0 if wide.max() > 255 else 255.0
             img = Image.fromarray((wide / top * 255).round().clip(0, 255).astype(np.uint8), "L")
-        if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        # Alpha, or a transparent colour key (palette, RGB or L PNGs): composite onto white.
+        if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
             rgba = img.convert("RGBA")
             white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
             return Image.alpha_composite(white, rgba).convert("RGB")
@@ -178,8 +179,12 @@ def save_uploads(files: Any, folder: str | os.PathLike, class_name: str) -> list
             print(f"skipped {fname}: not an image file ({', '.join(IMAGE_SUFFIXES)})")
             continue
         fd, tmp = tempfile.mkstemp(prefix=f".{fname}.", dir=dest)
-        with os.fdopen(fd, "wb") as out:
-            out.write(bytes(f["content"]))
-        os.replace(tmp, dest / fname)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(bytes(f["content"]))
+            os.replace(tmp, dest / fname)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)  # nothing half-written is left behind
+            raise
         saved.append(dest / fname)
     return saved
