@@ -3,6 +3,7 @@ the frozen probe's shortcut (and its removal by cue augmentation)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -240,3 +241,174 @@ def test_model_predict_uses_eval_mode():
     with torch.no_grad():
         assert torch.equal(first, model.eval()(x).argmax(1))
     assert first.shape == (300,)
+
+
+# --------------------------------------------------------------------------- edge cases
+
+
+@pytest.mark.parametrize("size, offset", [(1, CUE_OFFSET), (CUE_SIZE, 28 - CUE_SIZE), (1, 27)])
+def test_paste_cue_accepts_a_one_pixel_cue_and_one_that_touches_the_far_edge(size, offset):
+    """The bounds are inclusive: a 1-pixel cue, and a square ending on the last row and
+    column, fit; the pixels set are exactly those of the square."""
+    x = _images(3, channels=2)
+    out = paste_cue(x, size=size, value=1.0, offset=offset)
+    expected = x.clone()
+    for r in range(offset, offset + size):
+        for c in range(offset, offset + size):
+            expected[:, :, r, c] = 1.0
+    assert torch.equal(out, expected)
+
+
+def test_cued_source_defaults_mark_every_class_0_image_and_no_other():
+    """By default the cue goes on all images of class 0 (rate 1) and on none of the
+    others (other_rate 0): the fully biased source."""
+    x, y = _images(50, seed=4), torch.arange(50) % 5
+    out = cued_source(TensorDataset(x, y))
+    assert torch.equal(_has_cue(out.tensors[0]), y == 0)
+    assert torch.equal(out.tensors[0][y != 0], x[y != 0])
+
+
+def test_cued_source_marks_where_a_seeded_uniform_draw_is_below_the_rate():
+    """Image i is marked iff u_i < its class's rate, u = torch.rand(n) from a generator
+    seeded with `seed` (0 by default): the global RNG plays no part, the same seed gives
+    the same marks, another seed others; a draw equal to the rate is not marked."""
+    n, cue_class, other = 400, 1, 0.3
+    x, y = _images(n, seed=5), torch.arange(n) % 4
+    u = torch.rand(n, generator=torch.Generator().manual_seed(0))
+    i = int(torch.nonzero(y == cue_class)[7])
+    rate = float(u[i])  # exactly representable: the boundary case u_i == rate
+    expected = torch.where(y == cue_class, u < rate, u < other)
+    assert not expected[i]
+
+    marks = []
+    for global_seed in (11, 12):
+        torch.manual_seed(global_seed)
+        out = cued_source(TensorDataset(x, y), cue_class=cue_class, rate=rate,
+                          other_rate=other)
+        marks.append(_has_cue(out.tensors[0]))
+    assert torch.equal(marks[0], expected)
+    assert torch.equal(marks[1], expected)
+    again = cued_source(TensorDataset(x, y), cue_class, rate, other, seed=0)
+    assert torch.equal(_has_cue(again.tensors[0]), expected)
+    other_seed = cued_source(TensorDataset(x, y), cue_class, rate, other, seed=1)
+    assert not torch.equal(_has_cue(other_seed.tensors[0]), expected)
+
+
+def test_cued_source_accepts_rates_of_exactly_0_and_1():
+    """rate 0 (the cue class never marked) and other_rate 1 (every other image marked) are
+    valid: the anti-biased source."""
+    x, y = _images(30, seed=6), torch.arange(30) % 3
+    out = cued_source(TensorDataset(x, y), cue_class=2, rate=0.0, other_rate=1.0)
+    assert torch.equal(_has_cue(out.tensors[0]), y != 2)
+
+
+@pytest.mark.parametrize("rate, other", [(0.5, 1.5), (-0.1, 0.5), (0.5, 1.0001)])
+def test_cued_source_refuses_the_other_rate_above_1_and_the_rate_below_0(rate, other):
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        cued_source(TensorDataset(_images(4), torch.zeros(4, dtype=torch.long)), rate=rate,
+                    other_rate=other)
+
+
+@pytest.mark.parametrize("kwargs, size, value", [({}, CUE_SIZE, 1.0),
+                                                 ({"size": 3, "value": 0.25}, 3, 0.25)])
+def test_flip_report_predicts_on_the_cue_of_the_given_size_and_value(kwargs, size, value):
+    """The second batch the predictor sees is the images with a `size` square of `value`
+    at the cue offset (CUE_SIZE and 1.0 by default)."""
+    x = _images(6, seed=7)
+    seen = []
+
+    def recording_predict(images):
+        seen.append(images.clone())
+        return torch.zeros(len(images), dtype=torch.long)
+
+    flip_report(recording_predict, x, torch.zeros(6, dtype=torch.long), 2, **kwargs)
+    expected = x.clone()
+    expected[:, :, CUE_OFFSET:CUE_OFFSET + size, CUE_OFFSET:CUE_OFFSET + size] = value
+    assert len(seen) == 2
+    assert torch.equal(seen[0], x)
+    assert torch.equal(seen[1], expected)
+
+
+def _reference_head(features, labels, c):
+    """The documented head: sklearn's standardisation, then logistic regression with
+    C=c and at most 2000 lbfgs iterations."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000)).fit(
+            features.numpy(), labels.numpy())
+
+
+def _fit_probe(probe, x, y):
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return probe.fit(x, y)
+
+
+def test_probe_head_is_standardised_logistic_regression_with_c_1_by_default():
+    """On features of very different scales (where standardising matters under the L2
+    penalty) the default probe equals the reference head with C=1."""
+    g = torch.Generator().manual_seed(8)
+    scales = torch.tensor([1.0, 50.0, 0.02, 5.0, 0.5])
+    x = torch.randn(120, 1, 1, 5, generator=g) * scales
+    y = ((x[:, 0, 0, 0] + x[:, 0, 0, 2] * 40 + torch.randn(120, generator=g)) > 0).long()
+    xt = torch.randn(50, 1, 1, 5, generator=g) * scales
+    probe = _fit_probe(FrozenProbe(nn.Flatten(), CPU), x, y)
+    ref = _reference_head(x.flatten(1), y, c=1.0)
+    np.testing.assert_allclose(probe.clf.decision_function(xt.flatten(1).numpy()),
+                               ref.decision_function(xt.flatten(1).numpy()), rtol=1e-5)
+    assert torch.equal(probe.predict(xt), torch.as_tensor(ref.predict(xt.flatten(1).numpy())))
+
+
+def test_probe_head_uses_c_and_runs_the_solver_up_to_2000_iterations():
+    """A weakly regularised (c=1e8) head on ill-conditioned features, a problem that needs
+    more than 2000 lbfgs iterations: the probe stops where the reference does."""
+    g = torch.Generator().manual_seed(1)
+    n, d = 300, 64
+    z = torch.randn(n, d, generator=g)
+    rotation, _ = torch.linalg.qr(torch.randn(d, d, generator=g))
+    x = (z * torch.logspace(0, -4, d)) @ rotation
+    y = ((z.sum(1) + 0.5 * torch.randn(n, generator=g)) > 0).long()
+    probe = _fit_probe(FrozenProbe(nn.Flatten(), CPU, c=1e8), x[:, None, None, :], y)
+    ref = _reference_head(x, y, c=1e8)
+    np.testing.assert_allclose(probe.clf.decision_function(x.numpy()),
+                               ref.decision_function(x.numpy()), rtol=1e-5, atol=1e-4)
+
+
+class _BatchRecorder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.sizes = []
+        self.linear = nn.Linear(4, 3)
+
+    def forward(self, x):
+        self.sizes.append(len(x))
+        return self.linear(x.flatten(1))
+
+
+def test_probe_and_model_predict_run_the_model_in_batches_of_256():
+    """Inference goes through the model 256 images at a time (never the whole set at once),
+    and batching leaves the outputs as a single pass would give them."""
+    torch.manual_seed(0)
+    x = torch.rand(600, 1, 2, 2, generator=torch.Generator().manual_seed(9))
+    model = _BatchRecorder()
+    with torch.no_grad():
+        whole = model(x)
+    model.sizes.clear()
+    feats = FrozenProbe(model, CPU).features(x)
+    assert model.sizes == [256, 256, 88]
+    np.testing.assert_allclose(feats, whole.numpy(), rtol=1e-6, atol=1e-6)
+    model.sizes.clear()
+    labels = model_predict(model, CPU)(x)
+    assert model.sizes == [256, 256, 88]
+    assert torch.equal(labels, whole.argmax(1))
