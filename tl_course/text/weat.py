@@ -73,8 +73,12 @@ def bootstrap_interval(x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarra
         ia, ib = rng.integers(0, len(a), len(a)), rng.integers(0, len(b), len(b))
         s = cos_a[np.ix_(rows, ia)].mean(1) - cos_b[np.ix_(rows, ib)].mean(1)
         sd = s.std(ddof=1)
-        ds[i] = (s[:nx].mean() - s[nx:].mean()) / sd if sd > 0 else np.nan
+        # A resample of one repeated word has no spread: its sd is 0, or rounding noise
+        # (about 1e-17) that would make a meaningless huge d. Drop it either way.
+        ds[i] = (s[:nx].mean() - s[nx:].mean()) / sd if sd > 1e-12 else np.nan
     ds = ds[np.isfinite(ds)]
+    if ds.size == 0:  # no resample had any spread: d is undefined
+        return float("nan"), float("nan")
     tail = (1 - level) / 2 * 100
     lo, hi = np.percentile(ds, [tail, 100 - tail])
     return float(lo), float(hi)
