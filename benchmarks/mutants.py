@@ -76,9 +76,13 @@ MODULES: dict[str, Module] = {
     "selfsup": Module(("tl_course/selfsup/",), ("tests/test_selfsup.py",)),
     "transferability": Module(("tl_course/transferability/",),
                               ("tests/test_transferability.py",)),
-    "capstone": Module(("tl_course/capstone/",), ("tests/test_capstone.py",)),
+    "capstone": Module(("tl_course/capstone/",),
+                       ("tests/test_capstone.py", "tests/test_capstone_folder.py",
+                        "tests/test_capstone_fit.py", "tests/test_capstone_training.py")),
     "distributed": Module(("tl_course/distributed.py",), ("tests/test_distributed.py",)),
-    "text": Module(("tl_course/text/",), ("tests/test_text.py",)),
+    "text": Module(("tl_course/text/",),
+                   ("tests/test_text.py", "tests/test_text_models.py",
+                    "tests/test_text_measures.py")),
     "bias": Module(("tl_course/bias.py",), ("tests/test_bias.py",)),
 }
 DEFAULT_MODULES = tuple(MODULES)
@@ -413,7 +417,10 @@ def _write_mutmut_config(work: Path, files: Sequence[str], tests: Sequence[str],
         'source_paths = ["tl_course/"]',
         f"only_mutate = {json.dumps(list(files))}",
         f"do_not_mutate_patterns = {json.dumps(list(DO_NOT_MUTATE_PATTERNS))}",
-        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-p", "no:xdist", "-q"]',
+        # Tests that start another program (torchrun, a browser, a notebook) would run the
+        # unmutated code in it: they cannot tell mutants apart, and only cost time.
+        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-p", "no:xdist", "-q", '
+        '"-m", "not integration"]',
         f"pytest_add_cli_args_test_selection = {json.dumps(list(tests))}",
         # torch is not fork-safe once the test session has run: fork from a clean server.
         'process_isolation = "forkserver"',
@@ -422,6 +429,7 @@ def _write_mutmut_config(work: Path, files: Sequence[str], tests: Sequence[str],
         "",
         "[tool.pytest.ini_options]",
         'filterwarnings = ["ignore::DeprecationWarning:jupyter_client.*"]',
+        'markers = ["integration: starts another program"]',
         "",
     ]
     (work / "pyproject.toml").write_text("\n".join(lines), encoding="utf-8")
