@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from tests import dist_worker as W
 from tests.test_capstone import write_shapes
+from tl_course import distributed as tl_distributed
 from tl_course.capstone import load_export, predict_images
 from tl_course.data import make_loader
 from tl_course.distributed import Dist, DistributedError, init_from_env, shard
@@ -316,3 +317,165 @@ def test_probe_mode_under_torchrun_is_refused_with_a_reason():
 
     with pytest.raises(DistributedError, match="probe.*without torchrun"):
         train_folder("unused", "unused", mode="probe", dist=Dist(rank=0, world_size=2))
+
+
+# ------------------------------------------- the collectives and GPUs, stood in for
+
+
+TORCHRUN_ENV = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "node0",
+                "MASTER_PORT": "29500"}
+
+
+def _fake_group(monkeypatch, initialized=False):
+    """Stand in for the process group: record what joins, meets and leaves it, in order."""
+    import torch.distributed as tdist
+
+    calls = []
+    monkeypatch.setattr(tdist, "is_initialized", lambda: initialized)
+    monkeypatch.setattr(tdist, "init_process_group", lambda **kw: calls.append(("init", kw)))
+    monkeypatch.setattr(tdist, "barrier", lambda *a, **k: calls.append(("barrier",)))
+    monkeypatch.setattr(tdist, "destroy_process_group",
+                        lambda *a, **k: calls.append(("destroy",)))
+    return calls
+
+
+def test_gather_objects_returns_every_process_object_in_rank_order(monkeypatch):
+    """Rank 1 of 3: the list all_gather_object fills, one slot per rank, this process's
+    object in its own slot; a single process gets [obj] and calls no collective."""
+    import torch.distributed as tdist
+
+    others = {0: {"acc": 0.5}, 2: {"acc": 0.75}}
+
+    def all_gather_object(object_list, obj, group=None):
+        assert len(object_list) == 3  # as torch: one slot per rank, given by the caller
+        for r in range(3):
+            object_list[r] = obj if r == 1 else others[r]
+
+    monkeypatch.setattr(tdist, "all_gather_object", all_gather_object)
+    mine = {"acc": 0.25}
+    got = tl_distributed.gather_objects(mine, Dist(rank=1, world_size=3))
+    assert got == [{"acc": 0.5}, {"acc": 0.25}, {"acc": 0.75}]
+
+    def no_collective(*a, **k):
+        raise AssertionError("a single process has no one to gather from")
+
+    monkeypatch.setattr(tdist, "all_gather_object", no_collective)
+    assert tl_distributed.gather_objects(mine, Dist()) == [mine]
+
+
+def test_launched_by_torchrun_reads_os_environ_unless_given_an_env(monkeypatch):
+    """WORLD_SIZE > 1 in the process environment means torchrun; an explicit env wins."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert tl_distributed.launched_by_torchrun()
+    assert not tl_distributed.launched_by_torchrun({})
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert not tl_distributed.launched_by_torchrun()
+    monkeypatch.delenv("WORLD_SIZE")
+    assert not tl_distributed.launched_by_torchrun()
+    assert tl_distributed.launched_by_torchrun({"WORLD_SIZE": "3"})
+
+
+def test_init_from_env_without_torchrun_keeps_the_device_asked_for(monkeypatch):
+    """One process: the device given, else get_device()'s pick; an explicit empty env is
+    obeyed even when the process environment says torchrun."""
+    import tl_course.device
+
+    picked = torch.device("meta")  # not the CPU, so a lost argument shows
+    monkeypatch.setattr(tl_course.device, "get_device", lambda *a, **k: picked)
+    for k, v in TORCHRUN_ENV.items():
+        monkeypatch.setenv(k, v)
+    calls = _fake_group(monkeypatch)
+    assert init_from_env(CPU, env={}) == Dist(device=CPU)
+    assert init_from_env(env={}) == Dist(device=picked)
+    assert calls == []  # no process group for one process
+
+
+@pytest.mark.parametrize("source", ["env", "os.environ"])
+def test_init_from_env_on_cpus_joins_with_gloo(monkeypatch, source):
+    """No GPU: rank 1 of 2 stays on the CPU and joins the group with gloo, from an env
+    mapping or from the process environment."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    calls = _fake_group(monkeypatch)
+    if source == "env":
+        d = init_from_env(env=TORCHRUN_ENV)
+    else:
+        for k, v in TORCHRUN_ENV.items():
+            monkeypatch.setenv(k, v)
+        d = init_from_env()
+    assert d == Dist(rank=1, world_size=2, local_rank=1, device=CPU, backend="gloo")
+    assert calls == [("init", {"backend": "gloo", "rank": 1, "world_size": 2})]
+
+
+def test_init_from_env_refuses_a_local_rank_without_its_gpu(monkeypatch):
+    """Two GPUs are cuda:0 and cuda:1: LOCAL_RANK 2 has none and is told so."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda dev: None)
+    calls = _fake_group(monkeypatch)
+    env = {**TORCHRUN_ENV, "RANK": "2", "WORLD_SIZE": "3", "LOCAL_RANK": "2"}
+    with pytest.raises(DistributedError, match="LOCAL_RANK 2 but only 2 GPU"):
+        init_from_env(env=env)
+    assert calls == []
+
+
+def test_shutdown_meets_at_a_barrier_then_leaves_only_a_group_it_is_in(monkeypatch):
+    """Several processes: barrier, then destroy, in that order; a single process, or a
+    group never joined, is left alone."""
+    calls = _fake_group(monkeypatch, initialized=True)
+    tl_distributed.shutdown(Dist())
+    assert calls == []
+    tl_distributed.shutdown(Dist(rank=1, world_size=2))
+    assert calls == [("barrier",), ("destroy",)]
+    calls = _fake_group(monkeypatch, initialized=False)
+    tl_distributed.shutdown(Dist(rank=1, world_size=2))
+    assert calls == []
+
+
+def test_describe_says_how_many_processes_which_backend_and_device():
+    assert Dist().describe() == "1 process on cpu"
+    line = Dist(rank=1, world_size=2, backend="gloo").describe()
+    assert "2 processes" in line and "gloo" in line and "rank 1" in line and "cpu" in line
+    assert "\n" not in line
+
+
+class _FakeDDP(torch.nn.Module):
+    """Stands in for DistributedDataParallel (which needs a process group): keeps what it
+    was given, with the real constructor's argument names."""
+
+    def __init__(self, module, device_ids=None, output_device=None, **kwargs):
+        super().__init__()
+        self.module, self.device_ids = module, device_ids
+
+
+def _bn_model():
+    return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+
+
+def test_wrap_on_cpus_is_ddp_around_the_model_itself(monkeypatch):
+    """gloo has no SyncBatchNorm: on CPUs the very model goes into DDP, BatchNorm as it is,
+    with no device_ids (DDP's rule for CPU modules)."""
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", _FakeDDP)
+    model = _bn_model()
+    wrapped = Dist(rank=1, world_size=2, device=CPU, backend="gloo").wrap(model)
+    assert isinstance(wrapped, _FakeDDP)
+    assert wrapped.module is model
+    assert type(model[1]) is torch.nn.BatchNorm1d
+    assert wrapped.device_ids is None
+
+
+def test_wrap_on_a_gpu_syncs_batchnorm_and_pins_ddp_to_that_gpu(monkeypatch):
+    """On cuda:1, BatchNorm becomes SyncBatchNorm (statistics over the global batch, same
+    weights) and DDP gets device_ids=[1]."""
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", _FakeDDP)
+    model = _bn_model()
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    gpu = torch.device("cuda", 1)
+    wrapped = Dist(rank=1, world_size=2, local_rank=1, device=gpu, backend="nccl").wrap(model)
+    assert isinstance(wrapped, _FakeDDP)
+    assert wrapped.device_ids == [1]
+    inner = wrapped.module
+    assert isinstance(inner[0], torch.nn.Linear) and inner[0].weight is model[0].weight
+    assert type(inner[1]) is torch.nn.SyncBatchNorm
+    assert torch.equal(inner[1].weight, torch.tensor([1.0, 2.0, 3.0, 4.0]))
