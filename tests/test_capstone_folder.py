@@ -345,3 +345,22 @@ def test_save_uploads_leaves_nothing_behind_when_a_write_fails(tmp_path):
     with pytest.raises(TypeError):
         save_uploads([good, bad], tmp_path, "cats")
     assert sorted(p.name for p in (tmp_path / "cats").iterdir()) == ["a.png"]
+
+
+def test_load_rgb_composites_a_palette_image_with_alpha_onto_white(tmp_path):
+    """A TIFF in mode PA (palette colours plus an alpha channel): the transparent pixel
+    comes out white, the opaque one keeps its palette colour."""
+    from PIL import Image
+
+    from tl_course.capstone.folder import load_rgb
+
+    img = Image.new("P", (2, 1))
+    img.putpalette([10, 20, 30, 200, 100, 50] + [0] * 762)
+    pa = img.convert("PA")
+    pa.putpixel((0, 0), (0, 0))  # colour 0, fully transparent
+    pa.putpixel((1, 0), (1, 255))  # colour 1, opaque
+    path = tmp_path / "palette_alpha.tif"
+    pa.save(path)
+    assert Image.open(path).mode == "PA"
+    out = load_rgb(path)
+    assert [out.getpixel((0, 0)), out.getpixel((1, 0))] == [(255, 255, 255), (200, 100, 50)]
