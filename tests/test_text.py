@@ -631,12 +631,14 @@ def test_halves_are_disjoint_and_cover():
     assert abs(len(est) - len(held)) <= 1
 
 
-def _synthetic_bias_setup(seed=0):
-    """Tiny vectors: sentiment words along axis 0, two name lists apart along axis 1."""
+def _synthetic_bias_setup(seed=0, separation=2.0):
+    """Tiny vectors: sentiment words along axis 0 (`separation` apart from the origin), two
+    name lists apart along axis 1."""
     rng = np.random.default_rng(seed)
     d, n_words = 5, 40
     labels = np.array([0, 1] * (n_words // 2))
-    words = rng.standard_normal((n_words, d)) + 2.0 * np.outer(2 * labels - 1, np.eye(d)[0])
+    words = (rng.standard_normal((n_words, d))
+             + separation * np.outer(2 * labels - 1, np.eye(d)[0]))
     va = rng.standard_normal((8, d)) + np.eye(d)[1] + 0.5 * np.eye(d)[0]
     vb = rng.standard_normal((8, d)) - np.eye(d)[1]
     pa = rng.standard_normal((4, d)) + 1.5 * np.eye(d)[0] + 0.5 * np.eye(d)[1]

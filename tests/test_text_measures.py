@@ -501,22 +501,10 @@ def test_spread_and_share_over_halvings():
 
 
 def _bias_setup(seed=0):
-    """Tiny vectors: sentiment words along axis 0, two name lists apart along axis 1."""
-    rng = np.random.default_rng(seed)
-    d, n_words = 5, 40
-    labels = np.array([0, 1] * (n_words // 2))
-    words = rng.standard_normal((n_words, d)) + 0.7 * np.outer(2 * labels - 1, np.eye(d)[0])
-    va = rng.standard_normal((8, d)) + np.eye(d)[1] + 0.5 * np.eye(d)[0]
-    vb = rng.standard_normal((8, d)) - np.eye(d)[1]
-    pa = rng.standard_normal((4, d)) + 1.5 * np.eye(d)[0] + 0.5 * np.eye(d)[1]
-    pu = rng.standard_normal((4, d)) - 1.5 * np.eye(d)[0]
-    names_a, names_b = [f"a{i}" for i in range(8)], [f"b{i}" for i in range(8)]
-    vocab = ([f"w{i}" for i in range(n_words)] + names_a + names_b
-             + [f"p{i}" for i in range(4)] + [f"u{i}" for i in range(4)])
-    vec = loaders.WordVectors(np.vstack([words, va, vb, pa, pu]), vocab)
-    target = loaders.SentimentWords(vocab[:n_words], labels, 2.0 * (2 * labels - 1))
-    sp = splits.WordSplit(np.arange(24), np.zeros(0, np.int64), np.arange(24, 40), "family")
-    return vec, target, sp, names_a, names_b, vocab[-8:-4], vocab[-4:]
+    """test_text's tiny vectors, with the sentiment words less far apart (0.7)."""
+    from test_text import _synthetic_bias_setup
+
+    return _synthetic_bias_setup(seed, separation=0.7)[:7]
 
 
 def _first_halving(vec, target, sp, names_a, names_b, pleasant, unpleasant, seed, c):
