@@ -102,9 +102,11 @@ def _env(sandbox: Path) -> dict[str, str]:
 
 def _pytest_args(tests: Sequence[str]) -> list[str]:
     """pytest on `tests` (paths relative to the sandbox it runs in), stopping at the first
-    failure, in one process, without the notebook options of the project's addopts."""
+    failure, in one process, without the notebook options of the project's addopts, and
+    without the tests that start another program: the list holds the unit tests to account,
+    and a torchrun started from the sandbox's fork server had its workers abort in CI."""
     return ["-x", "-q", "-p", "no:cacheprovider", "-p", "no:nbval", "-o", "addopts=",
-            "-p", "no:xdist", *tests]
+            "-p", "no:xdist", "-m", "not integration", *tests]
 
 
 # The fork servers import these once, so that no test run pays for them: tl_course imports
