@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 import torch.serialization
 from PIL import Image
+from test_fit_properties import _bare_loop  # the textbook loop
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -80,13 +81,7 @@ def test_scratch_baseline_is_plain_adamw_over_seeded_shuffled_batches(epochs):
     torch.manual_seed(123)  # the global generator says something else than seed 7
     training._fit_finetune(model, train, CPU, epochs, 4, 7, False, pretrained=False)
     opt = torch.optim.AdamW(ref.parameters(), lr=2e-3, weight_decay=1e-4)
-    loader = _seeded_batches(train, 4, 7)
-    for _ in range(epochs):
-        ref.train()
-        for x, y in loader:
-            opt.zero_grad()
-            F.cross_entropy(ref(x), y).backward()
-            opt.step()
+    _bare_loop(ref, _seeded_batches(train, 4, 7), opt, epochs)
     _assert_same_state(model, ref)
 
 

@@ -23,7 +23,7 @@ from sklearn.preprocessing import StandardScaler
 import tl_course.text as text_pkg
 import tl_course.train
 from tl_course.text import finetune as ft
-from tl_course.text import loaders, probes, sentences, splits
+from tl_course.text import probes, sentences, splits
 
 CPU = torch.device("cpu")
 
@@ -322,9 +322,9 @@ def test_k_per_class_at_its_defaults_draws_with_seed_0_and_may_take_a_whole_clas
 
 
 def _tiny_vectors():
-    rng = np.random.default_rng(0)
-    words = ["good", "bad", "movie", "not", "great", "awful"]
-    return loaders.WordVectors(rng.standard_normal((6, 4)).astype(np.float32), words)
+    from test_text import _tiny_vectors as tiny  # the six words of test_text's sentences
+
+    return tiny()
 
 
 def test_a_sentence_with_one_known_word_scores_that_word():
